@@ -1,0 +1,132 @@
+"""Configuration objects, one per component, with every default in this file.
+
+config/svlm.yaml and the node's ROS parameters mirror these fields; `None` means unlimited
+wherever a limit is described as such.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+DEFAULT_INSTRUCTION = "Describe what the camera shows, second by second."
+
+
+@dataclass
+class CachePolicy:
+    """StreamingVLM's KV-cache policy (defaults from the reference)."""
+
+    vision_windows: Optional[int] = 16  # keep the vision tokens of the last N windows
+    text_windows: Optional[int] = 16  # keep the assistant text of the last N windows in place
+    sink_tokens: Optional[int] = 512  # previous-text block: first N content tokens kept
+    recent_tokens: Optional[int] = 512  # previous-text block: last N content tokens kept
+
+    def validate(self) -> None:
+        for name in ("vision_windows", "text_windows", "sink_tokens", "recent_tokens"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"CachePolicy.{name} must be a non-negative int or None (unlimited), got {value!r}")
+
+    @classmethod
+    def unlimited(cls) -> "CachePolicy":
+        return cls(vision_windows=None, text_windows=None, sink_tokens=None, recent_tokens=None)
+
+
+@dataclass
+class FrameConfig:
+    """How camera frames become vision tokens."""
+
+    fps: float = 2.0  # frames sampled per second of video
+    window_seconds: float = 1.0  # one step of the stream
+    min_pixels: int = 78_400  # per frame, after resizing
+    max_pixels: int = 602_112  # per frame (768 * 28 * 28)
+
+    def validate(self) -> None:
+        if self.fps <= 0 or self.window_seconds <= 0:
+            raise ValueError(f"fps and window_seconds must be positive, got {self.fps}, {self.window_seconds}")
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+
+    @property
+    def frames_per_window(self) -> int:
+        """Frames per window, rounded up to the temporal patch (2 frames form one grid step)."""
+        count = max(1, round(self.fps * self.window_seconds))
+        return count + (count % 2)
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding per window and per question."""
+
+    max_new_tokens: int = 20
+    answer_max_new_tokens: int = 128  # for ask()
+    do_sample: bool = True
+    temperature: float = 0.9
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
+    repetition_penalty: float = 1.05
+    seed: Optional[int] = None
+    silence_marker: str = " ..."  # the model's answer for "nothing new this window"
+    ignore_end_of_turn: bool = False  # benchmarks force exactly max_new_tokens
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1 or self.answer_max_new_tokens < 1:
+            raise ValueError("max_new_tokens and answer_max_new_tokens must be >= 1")
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+
+
+@dataclass
+class PromptConfig:
+    system: str = DEFAULT_SYSTEM_PROMPT
+    context: str = ""  # initial text of the `previous text` block
+    instruction: str = DEFAULT_INSTRUCTION  # standing query, in the first user turn
+
+
+@dataclass
+class ModelConfig:
+    """Which model, where it runs."""
+
+    model: str = "tiny-random"  # local HF directory, hub id (cached), tiny-random or small-random
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16
+    attn_implementation: str = "auto"  # auto (flash_attention_2 if importable on CUDA, else sdpa), sdpa, eager
+    random_config: Optional[str] = None  # JSON config for random weights at real dimensions
+    seed: int = 0  # for random-weight models
+
+
+@dataclass
+class EngineConfig:
+    """Everything a streaming session needs."""
+
+    cache: CachePolicy = field(default_factory=CachePolicy)
+    frames: FrameConfig = field(default_factory=FrameConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+
+    def validate(self) -> "EngineConfig":
+        self.cache.validate()
+        self.frames.validate()
+        self.generation.validate()
+        return self
+
+
+def update_dataclass(obj: Any, values: dict, where: str = "") -> Any:
+    """Recursively set known fields from a dict; unknown keys are an error naming the key."""
+    known = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        if key not in known:
+            raise KeyError(f"unknown setting {where}{key!r}; known: {sorted(known)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            update_dataclass(current, value, f"{where}{key}.")
+        else:
+            setattr(obj, key, value)
+    return obj

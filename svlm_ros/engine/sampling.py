@@ -1,0 +1,47 @@
+"""Next-token choice: repetition penalty, temperature, top-k/top-p, or greedy."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..config import GenerationConfig
+
+
+class Sampler:
+    def __init__(self, config: GenerationConfig, vocab_size: int, device: torch.device):
+        self.config = config
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(config.seed if config.seed is not None else torch.seed() % (2**63))
+        self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+
+    def start(self, context_tokens: torch.Tensor) -> None:
+        """Tokens the repetition penalty applies to: the cache's text, as HF applies it to input_ids."""
+        self.seen.zero_()
+        self.seen[context_tokens] = True
+
+    def add(self, token: int) -> None:
+        self.seen[token] = True
+
+    def __call__(self, logits: torch.Tensor, banned: Optional[int] = None) -> int:
+        """Choose from (vocab,) logits; `banned` (end of turn when forcing length) is never chosen."""
+        cfg = self.config
+        logits = logits.float()
+        if cfg.repetition_penalty != 1.0:
+            penalized = torch.where(logits > 0, logits / cfg.repetition_penalty, logits * cfg.repetition_penalty)
+            logits = torch.where(self.seen[: logits.shape[-1]], penalized, logits)
+        if banned is not None:
+            logits[banned] = float("-inf")
+        if not cfg.do_sample:
+            return int(logits.argmax())
+        logits = logits / cfg.temperature
+        if cfg.top_k is not None:
+            threshold = torch.topk(logits, min(cfg.top_k, logits.shape[-1])).values[-1]
+            logits = logits.masked_fill(logits < threshold, float("-inf"))
+        if cfg.top_p is not None and cfg.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=True)
+            cumulative = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cumulative - sorted_logits.softmax(-1) > cfg.top_p
+            logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+        probs = logits.softmax(-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))

@@ -1,0 +1,270 @@
+"""A streaming session: one camera's endless stream, one window (default 1 s) per step.
+
+Each step evicts by age (segments.py), closes position gaps in the KV cache (kv_cache.py), runs
+the vision tower on the new window only, prefills the new user turn and decodes the answer, all
+through the model's public forward with explicit 3-D position_ids and past_key_values.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..config import EngineConfig
+from .frames import VisionInput, preprocess_frames
+from .kv_cache import StreamingKVCache
+from .models import LoadedModel
+from .prompt import PromptBuilder
+from .sampling import Sampler
+from .segments import Kind, SegmentTable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WindowResult:
+    index: int  # windows since the stream started
+    start_s: float
+    end_s: float
+    text: str  # the words, without the silence marker
+    silent: bool  # the model said nothing new
+    truncated: bool  # max_new_tokens was hit before the end of turn
+    generated_tokens: int
+    vision_s: float
+    prefill_s: float
+    decode_s: float
+    cache_tokens: int
+    max_position: int
+
+    @property
+    def latency_s(self) -> float:
+        return self.vision_s + self.prefill_s + self.decode_s
+
+
+@dataclass
+class Answer:
+    text: str
+    window: int  # the latest window the answer is based on (-1: no video yet)
+    end_s: float
+    generated_tokens: int
+    truncated: bool
+
+
+@dataclass
+class _Timer:
+    device: torch.device
+    seconds: List[float] = field(default_factory=list)
+
+    def __enter__(self):
+        self._sync()
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self._sync()
+        self.seconds.append(time.perf_counter() - self._start)
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+class StreamSession:
+    def __init__(self, loaded: LoadedModel, config: Optional[EngineConfig] = None):
+        self.loaded = loaded
+        self.config = (config or EngineConfig()).validate()
+        self.model = loaded.model
+        self.prompt = PromptBuilder(loaded.tokenizer)
+        self.device = loaded.device
+        text_config = loaded.text_config
+        rotary = self.model.model.language_model.rotary_emb
+        if getattr(rotary, "attention_scaling", 1.0) != 1.0:
+            raise ValueError("RoPE with attention scaling is not supported (keys are re-rotated on eviction)")
+        self._inv_freq = rotary.inv_freq.to(self.device, torch.float32)
+        self._num_layers = text_config.num_hidden_layers
+        self._embed = self.model.get_input_embeddings()
+        self._time_step = loaded.time_step(self.config.frames.fps)
+        self.sampler = Sampler(self.config.generation, text_config.vocab_size, self.device)
+        self.min_pixels = self.config.frames.min_pixels
+        self.max_pixels = self.config.frames.max_pixels
+        self.last_logits: Optional[torch.Tensor] = None
+        self.reset()
+
+    # ----- public API -------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Start a fresh stream: empty cache, window 0, the standing instruction in the next turn."""
+        self.table = SegmentTable()
+        if getattr(self, "cache", None) is None:
+            self.cache = StreamingKVCache(self._num_layers, self._inv_freq)
+        else:
+            for layer in self.cache.layers:
+                layer.reset()
+        self.window_count = 0
+        self._turn_count = 0
+        self._last_end_s = 0.0
+        self._instruction_pending = True
+        self.last_logits = None
+
+    def set_instruction(self, text: str) -> None:
+        """Replace the standing instruction; it is sent with the next window's user turn."""
+        self.config.prompt.instruction = text
+        self._instruction_pending = True
+
+    @property
+    def cache_tokens(self) -> int:
+        return self.cache.get_seq_length()
+
+    def step(self, frames: Sequence[np.ndarray], start_s: float, end_s: float,
+             user_text: Optional[str] = None) -> WindowResult:
+        """Describe one window of video (its frames, RGB uint8) from start_s to end_s."""
+        if not end_s >= start_s:
+            raise ValueError(f"window end {end_s} is before its start {start_s}")
+        vision_input = preprocess_frames(frames, self.min_pixels, self.max_pixels, self.loaded.normalization)
+        timer = _Timer(self.device)
+        index = self.window_count
+        with torch.inference_mode():
+            self._evict(index)
+            with timer:
+                features = self._vision_features(vision_input)
+            turn = self._new_turn()
+            query = ""
+            if self._instruction_pending:
+                query = self.config.prompt.instruction
+                self._instruction_pending = False
+            if user_text:
+                query = f"{query}\n{user_text}" if query else user_text
+            new = self._head_segments() if not self.table.segments else []
+            new += [self.table.new_segment(Kind.USER_OPEN, self.prompt.user_open(start_s, end_s), turn, index)]
+            t, h, w = vision_input.grid_thw
+            grid = (t, h // 2, w // 2)
+            new.append(self.table.new_segment(Kind.VISION, self.prompt.vision(vision_input.token_count), turn,
+                                              index, grid=grid, time_step=self._time_step))
+            if query:
+                new.append(self.table.new_segment(Kind.QUERY, self.prompt.encode(query), turn, index))
+            new.append(self.table.new_segment(Kind.USER_CLOSE, self.prompt.turn_close(), turn, index))
+            new.append(self.table.new_segment(Kind.ASSISTANT_OPEN, self.prompt.assistant_open(), turn, index))
+            self.table.append(new)
+            with timer:
+                logits = self._forward_new(features)
+            with timer:
+                generated, truncated = self._generate(logits, turn, index, self.config.generation.max_new_tokens)
+        self.window_count += 1
+        self._last_end_s = end_s
+        text, silent = self._clean(generated)
+        vision_s, prefill_s, decode_s = timer.seconds
+        return WindowResult(index, start_s, end_s, text, silent, truncated, len(generated),
+                            vision_s, prefill_s, decode_s, self.cache_tokens, self.table.end_position)
+
+    def ask(self, question: str, max_new_tokens: Optional[int] = None) -> Answer:
+        """Answer a question from the current cache; the turn then ages like the current window."""
+        if not question.strip():
+            raise ValueError("the question is empty")
+        window = max(self.window_count - 1, 0)
+        with torch.inference_mode():
+            turn = self._new_turn()
+            new = self._head_segments() if not self.table.segments else []
+            new += [
+                self.table.new_segment(Kind.USER_OPEN, self.prompt.user_open(self._last_end_s, self._last_end_s),
+                                       turn, window),
+                self.table.new_segment(Kind.QUERY, self.prompt.encode(question), turn, window),
+                self.table.new_segment(Kind.USER_CLOSE, self.prompt.turn_close(), turn, window),
+                self.table.new_segment(Kind.ASSISTANT_OPEN, self.prompt.assistant_open(), turn, window),
+            ]
+            self.table.append(new)
+            logits = self._forward_new(None)
+            limit = max_new_tokens or self.config.generation.answer_max_new_tokens
+            generated, truncated = self._generate(logits, turn, window, limit)
+        text = self.prompt.decode(generated).strip()
+        return Answer(text, self.window_count - 1, self._last_end_s, len(generated), truncated)
+
+    # ----- internals --------------------------------------------------------------------------
+    def _new_turn(self) -> int:
+        self._turn_count += 1
+        return self._turn_count - 1
+
+    def _head_segments(self):
+        p, t = self.prompt, self.table
+        head = [t.new_segment(Kind.SYSTEM, p.system(self.config.prompt.system)),
+                t.new_segment(Kind.PREV_OPEN, p.prev_open())]
+        context = p.encode(self.config.prompt.context)
+        if context:
+            head.append(t.new_segment(Kind.PREV_TEXT, context))
+        head.append(t.new_segment(Kind.PREV_CLOSE, p.turn_close()))
+        return head
+
+    def _evict(self, window: int) -> None:
+        if not self.table.segments:
+            return
+        self.table.apply_policy(self.config.cache, window)
+        self.cache.apply(self.table.commit())
+
+    def _vision_features(self, vision_input: VisionInput) -> torch.Tensor:
+        pixels = torch.from_numpy(vision_input.pixel_values).to(self.device, self.loaded.dtype)
+        grid = torch.tensor([vision_input.grid_thw], device=self.device)
+        output = self.model.model.get_video_features(pixels, grid)
+        pooled = output.pooler_output if hasattr(output, "pooler_output") else output
+        return torch.cat(list(pooled), dim=0) if isinstance(pooled, (list, tuple)) else pooled
+
+    def _forward_new(self, video_features: Optional[torch.Tensor]) -> torch.Tensor:
+        """Forward every table token past the cache's end; returns the last token's logits."""
+        start = self.cache_tokens
+        tokens = self.table.tokens()[start:]
+        positions = self.table.position_ids()[:, start:]
+        ids = torch.from_numpy(tokens).to(self.device)
+        embeds = self._embed(ids)
+        if video_features is not None:
+            is_pad = ids == self.prompt.special.video_pad
+            embeds[is_pad] = video_features.to(embeds.dtype)
+        return self._forward(embeds, torch.from_numpy(positions).to(self.device))
+
+    def _forward(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        output = self.model.model.language_model(
+            inputs_embeds=embeds[None], position_ids=positions[:, None, :],
+            past_key_values=self.cache, use_cache=True,
+        )
+        logits = self.model.lm_head(output.last_hidden_state[0, -1])
+        self.last_logits = logits
+        return logits
+
+    def _generate(self, logits: torch.Tensor, turn: int, window: int, limit: int):
+        """Decode up to `limit` tokens; then record the answer and close the turn in the cache."""
+        im_end = self.prompt.special.im_end
+        force_length = self.config.generation.ignore_end_of_turn
+        self.sampler.start(torch.from_numpy(self.table.tokens()).to(self.device))
+        position = self.table.end_position
+        generated: List[int] = []
+        truncated = False
+        while True:
+            token = self.sampler(logits, banned=im_end if force_length else None)
+            if token == im_end:
+                break
+            generated.append(token)
+            self.sampler.add(token)
+            if len(generated) >= limit:
+                truncated = not force_length
+                break
+            embeds = self._embed(torch.tensor([token], device=self.device))
+            positions = torch.full((3, 1), position, device=self.device, dtype=torch.long)
+            logits = self._forward(embeds, positions)
+            position += 1
+        # The words and <|im_end|>\n join the table; what decoding has not fed yet (the last
+        # word when truncated, and the turn's end) is fed in one forward so the cache matches.
+        closing = []
+        if generated:
+            closing.append(self.table.new_segment(Kind.ASSISTANT_TEXT, generated, turn, window))
+        closing.append(self.table.new_segment(Kind.ASSISTANT_CLOSE, self.prompt.turn_close(), turn, window))
+        self.table.append(closing)
+        self._forward_new(None)
+        return generated, truncated
+
+    def _clean(self, generated: List[int]):
+        text = self.prompt.decode(generated)
+        marker = self.config.generation.silence_marker
+        if marker and text.rstrip().endswith(marker.strip()):
+            text = text.rstrip()[: -len(marker.strip())]
+        text = text.strip()
+        return text, not text
