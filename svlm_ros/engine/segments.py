@@ -136,6 +136,18 @@ class SegmentTable:
             return np.zeros((3, 0), dtype=np.int64)
         return np.concatenate([s.position_ids() for s in self.segments], axis=1)
 
+    def tail(self, start_slot: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Token ids and (3, n) positions of every token from `start_slot` on."""
+        first = len(self.segments)
+        while first > 0 and self.segments[first - 1].slot + len(self.segments[first - 1]) > start_slot:
+            first -= 1
+        pieces = self.segments[first:]
+        if not pieces:
+            return np.zeros(0, dtype=np.int64), np.zeros((3, 0), dtype=np.int64)
+        skip = start_slot - pieces[0].slot
+        return (np.concatenate([s.tokens for s in pieces])[skip:],
+                np.concatenate([s.position_ids() for s in pieces], axis=1)[:, skip:])
+
     def of_kind(self, *kinds: Kind) -> Iterator[Segment]:
         return (s for s in self.segments if s.kind in kinds)
 

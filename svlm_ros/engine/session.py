@@ -211,9 +211,7 @@ class StreamSession:
 
     def _forward_new(self, video_features: Optional[torch.Tensor]) -> torch.Tensor:
         """Forward every table token past the cache's end; returns the last token's logits."""
-        start = self.cache_tokens
-        tokens = self.table.tokens()[start:]
-        positions = self.table.position_ids()[:, start:]
+        tokens, positions = self.table.tail(self.cache_tokens)
         ids = torch.from_numpy(tokens).to(self.device)
         embeds = self._embed(ids)
         if video_features is not None:
