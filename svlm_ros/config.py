@@ -130,3 +130,20 @@ def update_dataclass(obj: Any, values: dict, where: str = "") -> Any:
         else:
             setattr(obj, key, value)
     return obj
+
+
+@dataclass
+class NodeConfig:
+    """The ROS node's own settings (the engine's come from EngineConfig)."""
+
+    image_topics: list = field(default_factory=lambda: ["/camera/image_raw"])
+    reliable_qos: bool = False  # default: sensor-data QoS (best effort), which hears both kinds of publisher
+    publish_silent: bool = True  # publish silent windows with silent=true
+    publish_text: bool = True  # also publish the text alone on ~/text
+    autostart: bool = True  # configure and activate on start, without a lifecycle manager
+    max_queued_windows: int = 1  # per camera; when inference falls behind, older windows are skipped
+    camera_timeout_s: float = 5.0  # WARN when a camera sends nothing for this long
+    restart_after_s: float = 2.0  # a jump back in sensor time larger than this starts a fresh stream
+    ask_timeout_s: float = 30.0  # ~/ask gives up after this long
+    diagnostics_period_s: float = 1.0
+    inference_delay_s: float = 0.0  # testing aid: extra seconds per window, to simulate a slow model

@@ -1,0 +1,255 @@
+"""`svlm bench`: per-second cost of the streaming cache against the alternatives.
+
+Strategies, run one after another in this process on the same synthetic video:
+  streaming  this engine: evict, close position gaps by rotating moved keys once, decode.
+  rerotate   the same engine, plus a rotation of every cached key of every layer before every
+             forward, as the reference does when it applies RoPE to its pre-RoPE cache (rotation
+             by zero angles computed per token: the same work, unchanged outputs).
+  recompute  the same retained tokens, but the KV cache is rebuilt from scratch every second
+             (sliding window with recompute; vision features are reused, so only the LLM redoes work).
+  full       no eviction at all, until --baseline-seconds or --full-token-limit.
+Decoding is forced to exactly --tokens tokens per second so every strategy does the same work.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import resource
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import CachePolicy, EngineConfig, ModelConfig
+from .engine.kv_cache import rotate_keys
+from .engine.models import load_model
+from .engine.segments import Kind
+from .engine.session import StreamSession
+from .synthetic import moving_shapes
+
+log = logging.getLogger("svlm.bench")
+STRATEGIES = ("streaming", "rerotate", "recompute", "full")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="small-random")
+    parser.add_argument("--config", default=None, help="JSON Qwen2.5-VL config for random weights at real size")
+    parser.add_argument("--seconds", type=int, default=600, help="length of the streaming run")
+    parser.add_argument("--baseline-seconds", type=int, default=60, help="length of the other strategies' runs")
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    parser.add_argument("--out", default="bench-out")
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--fps", type=float, default=2.0)
+    parser.add_argument("--tokens", type=int, default=20, help="decoded tokens per second, forced")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--attn", default="auto")
+    parser.add_argument("--full-token-limit", type=int, default=200_000, help="stop `full` past this cache size")
+    parser.add_argument("--time-limit-s", type=float, default=900.0, help="stop a baseline after this long")
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+class RerotatingSession(StreamSession):
+    """Rotates the whole cache before every forward, as the reference's per-step RoPE does."""
+
+    def _forward(self, embeds, positions):
+        for layer in self.cache.layers:
+            if layer.is_initialized and layer.length:
+                zero = torch.zeros(layer.length, device=self.device)
+                layer.keys.copy_(rotate_keys(layer.keys, zero, self._inv_freq))
+        return super()._forward(embeds, positions)
+
+
+class RecomputingSession(StreamSession):
+    """Keeps the same tokens as streaming but rebuilds their KV cache from scratch every window."""
+
+    def __init__(self, *args, **kwargs):
+        self._features = {}  # VISION segment uid -> its vision features
+        super().__init__(*args, **kwargs)
+
+    def _vision_features(self, vision_input):
+        features = super()._vision_features(vision_input)
+        self._pending_features = features
+        return features
+
+    def _evict(self, window):
+        super()._evict(window)
+        live = {s.uid_start for s in self.table.of_kind(Kind.VISION)}
+        self._features = {uid: f for uid, f in self._features.items() if uid in live}
+        if self.table.segments:
+            for layer in self.cache.layers:
+                layer.reset()
+            features = [self._features[s.uid_start] for s in self.table.of_kind(Kind.VISION)]
+            self._forward_new(torch.cat(features) if features else None)
+
+    def _forward_new(self, video_features):
+        logits = super()._forward_new(video_features)
+        for segment in self.table.of_kind(Kind.VISION):
+            if segment.uid_start not in self._features and getattr(self, "_pending_features", None) is not None:
+                self._features[segment.uid_start] = self._pending_features
+                self._pending_features = None
+        return logits
+
+
+def run_strategy(name, loaded, args, seconds):
+    config = EngineConfig()
+    config.frames.fps = args.fps
+    config.generation.max_new_tokens = args.tokens
+    config.generation.ignore_end_of_turn = True
+    config.generation.seed = 0
+    if name == "full":
+        config.cache = CachePolicy.unlimited()
+    session_class = {"rerotate": RerotatingSession, "recompute": RecomputingSession}.get(name, StreamSession)
+    session = session_class(loaded, config)
+    cuda = loaded.device.type == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    record = {key: [] for key in ("latency_s", "vision_s", "prefill_s", "decode_s", "cache_tokens", "rss_bytes")}
+    frames_per_window = config.frames.frames_per_window
+    started = time.perf_counter()
+    stop_reason = "completed"
+    for second in range(seconds):
+        frames = [moving_shapes(second + i / frames_per_window, args.height, args.width)
+                  for i in range(frames_per_window)]
+        try:
+            result = session.step(frames, float(second), float(second + 1))
+        except torch.OutOfMemoryError:
+            stop_reason = f"out of memory at second {second}"
+            break
+        record["latency_s"].append(result.latency_s)
+        record["vision_s"].append(result.vision_s)
+        record["prefill_s"].append(result.prefill_s)
+        record["decode_s"].append(result.decode_s)
+        record["cache_tokens"].append(result.cache_tokens)
+        record["rss_bytes"].append(rss_bytes())
+        if name != "streaming" and time.perf_counter() - started > args.time_limit_s:
+            stop_reason = f"time limit after {second + 1} s"
+            break
+        if name == "full" and result.cache_tokens > args.full_token_limit:
+            stop_reason = f"token limit after {second + 1} s"
+            break
+        if (second + 1) % 60 == 0:
+            log.info("%s: %d s streamed, last latency %.3f s, cache %d tokens",
+                     name, second + 1, result.latency_s, result.cache_tokens)
+    record["time_per_token_s"] = [d / args.tokens for d in record["decode_s"]]
+    record["peak_memory_bytes"] = (torch.cuda.max_memory_allocated() if cuda else max(record["rss_bytes"], default=0))
+    record["memory_kind"] = "cuda_max_allocated" if cuda else "process_rss"
+    record["stop_reason"] = stop_reason
+    record["seconds_run"] = len(record["latency_s"])
+    del session
+    return record
+
+
+def steady(values, fraction=0.25):
+    """Median of the last `fraction` of a run (its steady state)."""
+    if not values:
+        return float("nan")
+    tail = values[max(0, int(len(values) * (1 - fraction))):]
+    return statistics.median(tail)
+
+
+def summarize(results, args):
+    rows = []
+    for name, r in results.items():
+        rows.append({
+            "strategy": name, "seconds": r["seconds_run"],
+            "latency_s": steady(r["latency_s"]),
+            "vision_prefill_s": steady([v + p for v, p in zip(r["vision_s"], r["prefill_s"])]),
+            "decode_s": steady(r["decode_s"]),
+            "per_token_ms": 1000 * steady(r["time_per_token_s"]),
+            "cache_tokens": r["cache_tokens"][-1] if r["cache_tokens"] else 0,
+            "peak_memory_mib": r["peak_memory_bytes"] / 2**20,
+        })
+    ratios = {}
+    if "streaming" in results:
+        base = next(row for row in rows if row["strategy"] == "streaming")
+        for row in rows:
+            if row["strategy"] == "streaming":
+                continue
+            ratios[row["strategy"]] = {
+                "vision_prefill_x": row["vision_prefill_s"] / base["vision_prefill_s"],
+                "latency_x": row["latency_s"] / base["latency_s"],
+                "per_token_x": row["per_token_ms"] / base["per_token_ms"],
+            }
+        lat = results["streaming"]["latency_s"]
+        if len(lat) >= 200:
+            early = statistics.median(lat[60:120])
+            late = statistics.median(lat[int(len(lat) * 0.9):])
+            ratios["streaming_flatness"] = {"median_60_120_s": early, "median_last_10pct_s": late,
+                                            "late_over_early": late / early}
+    return rows, ratios
+
+
+def print_table(rows, ratios):
+    header = (f"{'strategy':<10} {'seconds':>7} {'latency s':>10} {'vis+pre s':>10} {'decode s':>9} "
+              f"{'ms/token':>9} {'cache tok':>10} {'peak MiB':>9}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(f"{row['strategy']:<10} {row['seconds']:>7} {row['latency_s']:>10.3f} {row['vision_prefill_s']:>10.3f} "
+              f"{row['decode_s']:>9.3f} {row['per_token_ms']:>9.2f} {row['cache_tokens']:>10} "
+              f"{row['peak_memory_mib']:>9.0f}")
+    for name, ratio in ratios.items():
+        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in ratio.items()))
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (latency_axis, token_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, r in results.items():
+        seconds = np.arange(1, len(r["latency_s"]) + 1)
+        latency_axis.plot(seconds, r["latency_s"], label=name, linewidth=1)
+        token_axis.plot(seconds, np.array(r["time_per_token_s"]) * 1000, label=name, linewidth=1)
+    latency_axis.set(xlabel="stream time (s)", ylabel="latency per second of video (s)", yscale="log",
+                     title="per-second latency (vision + prefill + decode)")
+    token_axis.set(xlabel="stream time (s)", ylabel="ms per generated token", title="decode time per token")
+    for axis in (latency_axis, token_axis):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = load_model(ModelConfig(model=args.model, random_config=args.config, device=args.device,
+                                    dtype=args.dtype, attn_implementation=args.attn))
+    results = {}
+    for name in args.strategies:
+        seconds = args.seconds if name == "streaming" else args.baseline_seconds
+        log.info("running %s for up to %d s", name, seconds)
+        results[name] = run_strategy(name, loaded, args, seconds)
+    rows, ratios = summarize(results, args)
+    print_table(rows, ratios)
+    device = loaded.device
+    config = {
+        "model": args.config or args.model, "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch_threads": torch.get_num_threads(), "dtype": str(loaded.dtype),
+        "attention": loaded.model.config._attn_implementation, "width": args.width, "height": args.height,
+        "fps": args.fps, "tokens_per_second": args.tokens, "seconds": args.seconds,
+        "baseline_seconds": args.baseline_seconds, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+    }
+    (out / "bench.json").write_text(json.dumps(
+        {"strategies": results, "summary": rows, "ratios": ratios, "config": config}, indent=1))
+    plot(results, out / "bench.png")
+    log.info("wrote %s and %s", out / "bench.json", out / "bench.png")
+    return 0

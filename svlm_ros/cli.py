@@ -1,0 +1,38 @@
+"""The `svlm` command: describe-video, node, bench."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["node"]:  # ROS arguments (--ros-args ...) go to rclpy untouched
+        from .node.main import main as node_main
+
+        return node_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="svlm", description="StreamingVLM for ROS 2: command-line tools")
+    parser.add_argument("--log-level", default="INFO")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from . import bench, describe
+
+    describe.add_arguments(commands.add_parser(
+        "describe-video", help="print one description per second of a video file or folder of frames"))
+    bench.add_arguments(commands.add_parser(
+        "bench", help="per-second latency and memory of streaming vs recompute, full and rerotate"))
+    commands.add_parser("node", help="run the ROS 2 node (takes --ros-args ...)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "describe-video":
+            return describe.run(args)
+        return bench.run(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        print(f"svlm {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

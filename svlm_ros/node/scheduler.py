@@ -1,0 +1,203 @@
+"""ROS-free core of the node: per-camera streams sharing one model on one worker thread.
+
+Image callbacks only decode and hand frames to `CameraStream.add_frame` (cheap); completed
+windows wait in a bounded per-camera queue that keeps the newest, so a slow model skips whole
+windows instead of describing stale video. The worker serves cameras round-robin and questions
+first.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Deque, Dict, List, Optional
+
+import numpy as np
+
+from ..config import EngineConfig, NodeConfig
+from ..engine.models import LoadedModel
+from ..engine.session import Answer, StreamSession, WindowResult
+from ..engine.windows import Window, WindowAssembler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CameraStats:
+    frames: int = 0
+    late_frames: int = 0
+    bad_frames: int = 0
+    skipped_windows: int = 0
+    empty_windows: int = 0
+    restarts: int = 0
+    processed_windows: int = 0
+    failed_windows: int = 0
+    last_frame_wall: Optional[float] = None
+    latencies: Deque[float] = field(default_factory=lambda: collections.deque(maxlen=120))
+    last_cache_tokens: int = 0
+
+
+@dataclass
+class Described:
+    camera: str
+    window: Window
+    result: WindowResult
+    latency_s: float
+
+
+class CameraStream:
+    def __init__(self, name: str, loaded: LoadedModel, engine: EngineConfig, node: NodeConfig):
+        self.name = name
+        self.session = StreamSession(loaded, engine)
+        frames = engine.frames
+        self.assembler = WindowAssembler(frames.window_seconds, frames.frames_per_window, node.restart_after_s)
+        self.queue: Deque[tuple] = collections.deque(maxlen=max(1, node.max_queued_windows))
+        self.stats = CameraStats()
+        self.reset_pending = False
+        self.last_result: Optional[WindowResult] = None
+        self.lock = threading.Lock()
+
+    def add_frame(self, stamp_s: float, frame: np.ndarray) -> List[str]:
+        """Called from the image callback; returns warnings to log (already counted)."""
+        warnings = []
+        with self.lock:
+            self.stats.frames += 1
+            self.stats.last_frame_wall = time.monotonic()
+            added = self.assembler.add(stamp_s, frame)
+            if added.late:
+                self.stats.late_frames += 1
+                warnings.append(f"dropped a late or out-of-order frame (stamp {stamp_s:.3f} s)")
+            if added.restarted:
+                self.stats.restarts += 1
+                self.queue.clear()
+                self.reset_pending = True
+                warnings.append(f"sensor time jumped back to {stamp_s:.3f} s: starting a fresh stream")
+            self.stats.empty_windows += added.skipped_empty
+            for window in added.windows:
+                if len(self.queue) == self.queue.maxlen:
+                    self.stats.skipped_windows += 1
+                self.queue.append((window, time.monotonic()))
+        return warnings
+
+    def take(self):
+        with self.lock:
+            return self.queue.popleft() if self.queue else None
+
+
+class Scheduler:
+    """Owns the worker thread; the ROS node supplies `publish` and reads stats."""
+
+    def __init__(self, loaded: LoadedModel, engine: EngineConfig, node: NodeConfig,
+                 publish: Callable[[Described], None], cameras: List[str]):
+        self.node_config = node
+        self.publish = publish
+        self.cameras: Dict[str, CameraStream] = {name: CameraStream(name, loaded, engine, node) for name in cameras}
+        self._order = list(self.cameras)
+        self._next = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._questions: Deque = collections.deque()
+        self._thread: Optional[threading.Thread] = None
+        self.busy_since: Optional[float] = None
+        self.last_error: Optional[str] = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="svlm-inference", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def ask(self, camera: str, question: str) -> "concurrent.futures.Future[Answer]":
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._questions.append((camera, question, future))
+        self._wake.set()
+        return future
+
+    def reset(self) -> None:
+        for stream in self.cameras.values():
+            with stream.lock:
+                stream.queue.clear()
+                stream.assembler.reset()
+                stream.reset_pending = True
+        self._wake.set()
+
+    def set_instruction(self, text: str) -> None:
+        for stream in self.cameras.values():
+            stream.session.config.prompt.instruction = text
+            stream.instruction_pending = True
+        self._wake.set()
+
+    # ----- the worker ------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._questions:
+                self._answer(*self._questions.popleft())
+                continue
+            work = self._next_window()
+            if work is None:
+                self._wake.wait(0.1)
+                self._wake.clear()
+                continue
+            self._describe(*work)
+
+    def _next_window(self):
+        for offset in range(len(self._order)):
+            name = self._order[(self._next + offset) % len(self._order)]
+            stream = self.cameras[name]
+            item = stream.take()
+            if item is not None:
+                self._next = (self._next + offset + 1) % len(self._order)
+                return stream, item
+        return None
+
+    def _prepare(self, stream: CameraStream) -> None:
+        if stream.reset_pending:
+            stream.session.reset()
+            stream.reset_pending = False
+        if getattr(stream, "instruction_pending", False):
+            stream.session.set_instruction(stream.session.config.prompt.instruction)
+            stream.instruction_pending = False
+
+    def _describe(self, stream: CameraStream, item) -> None:
+        window, ready_at = item
+        self._prepare(stream)
+        self.busy_since = time.monotonic()
+        try:
+            if self.node_config.inference_delay_s:
+                time.sleep(self.node_config.inference_delay_s)
+            result = stream.session.step(window.frames, window.start_s, window.end_s)
+        except Exception as error:  # a failed window must not stop the node
+            stream.stats.failed_windows += 1
+            self.last_error = f"{stream.name}: {error}"
+            log.exception("window %.1f-%.1f s of %s failed", window.start_s, window.end_s, stream.name)
+            return
+        finally:
+            self.busy_since = None
+        latency = time.monotonic() - ready_at
+        stream.stats.processed_windows += 1
+        stream.stats.latencies.append(latency)
+        stream.stats.last_cache_tokens = result.cache_tokens
+        stream.last_result = result
+        self.publish(Described(stream.name, window, result, latency))
+
+    def _answer(self, camera: str, question: str, future) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            stream = self.cameras[camera]
+            self._prepare(stream)
+            future.set_result(stream.session.ask(question))
+        except Exception as error:
+            future.set_exception(error)

@@ -1,0 +1,289 @@
+"""The svlm lifecycle node: camera images in, svlm_ros/Description for every second out."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Dict, Optional
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time as TimeMsg
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+
+from svlm_ros.msg import Description
+from svlm_ros.srv import Ask
+
+from ..engine.models import RANDOM_MODELS, load_model
+from . import parameters
+from .images import BadImage, to_rgb
+from .scheduler import Described, Scheduler
+
+COMPRESSED_SUFFIX = "/compressed"  # the image_transport convention
+THROTTLE_S = 5.0
+
+
+def to_time_msg(seconds: float) -> TimeMsg:
+    whole = int(np.floor(seconds))
+    return TimeMsg(sec=whole, nanosec=int(round((seconds - whole) * 1e9)) % 1_000_000_000)
+
+
+class SvlmNode(LifecycleNode):
+    def __init__(self, node_name: str = "svlm", **kwargs):
+        super().__init__(node_name, **kwargs)
+        self._values = parameters.defaults()
+        for name, value in self._values.items():
+            self.declare_parameter(name, value, parameters.descriptor(name, value))
+        self._values = {name: self.get_parameter(name).value for name in self._values}
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.loaded = None
+        self.scheduler: Optional[Scheduler] = None
+        self.model_error: Optional[str] = None
+        self.model_status = "not loaded"
+        self._subscriptions = []
+        self._description_pub = self._text_pub = None
+        self._services = []
+        self._active = False
+        self._publish_lock = threading.Lock()
+        self._frames_group = ReentrantCallbackGroup()
+        self._service_group = ReentrantCallbackGroup()
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diagnostics_timer = self.create_timer(self.node_config.diagnostics_period_s, self._publish_diagnostics,
+                                                    callback_group=MutuallyExclusiveCallbackGroup())
+
+    # ----- configuration ----------------------------------------------------------------------
+    @property
+    def configs(self):
+        return parameters.build_configs(self._values)
+
+    @property
+    def node_config(self):
+        return self.configs[2]
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        changes = {p.name: p.value for p in params}
+        reason = parameters.validate_change(self._values, changes)
+        if reason:
+            self.get_logger().warning(f"refused parameter change {sorted(changes)}: {reason}")
+            return SetParametersResult(successful=False, reason=reason)
+        self._values.update(changes)
+        if "prompt.instruction" in changes and self.scheduler is not None:
+            self.scheduler.set_instruction(changes["prompt.instruction"])
+            self.get_logger().info(f"standing instruction is now {changes['prompt.instruction']!r}")
+        if self.scheduler is not None:
+            self.scheduler.node_config = self.node_config
+        deferred = sorted(set(changes) - parameters.RUNTIME)
+        if deferred:
+            self.get_logger().info(f"{deferred} will apply at the next configure")
+        return SetParametersResult(successful=True)
+
+    def release(self) -> None:
+        """Stop the worker and drop the model, whatever the lifecycle state."""
+        self._active = False
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        self.scheduler = None
+        self.loaded = None
+
+    # ----- lifecycle --------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        model_config, engine_config, node_config = self.configs
+        self.model_status = f"loading {model_config.model}"
+        self.get_logger().info(f"loading model {model_config.model!r} on {model_config.device}")
+        try:
+            self.loaded = load_model(model_config)
+        except Exception as error:
+            self.model_error = f"model {model_config.model!r} failed to load: {error}"
+            self.model_status = "failed"
+            self.get_logger().error(self.model_error)
+            return TransitionCallbackReturn.FAILURE
+        self.model_error = None
+        self.model_status = f"loaded {self.loaded.name} on {self.loaded.device} ({self.loaded.dtype})"
+        if model_config.model in RANDOM_MODELS:
+            self.get_logger().warning(f"{model_config.model} has random weights: its descriptions are meaningless "
+                                      "words. Set the parameter `model` to a StreamingVLM checkpoint directory.")
+        self.scheduler = Scheduler(self.loaded, engine_config, node_config, self._publish, node_config.image_topics)
+        self._description_pub = self.create_publisher(Description, "~/description", 10)
+        self._text_pub = self.create_publisher(String, "~/text", 10)
+        self._services = [
+            self.create_service(Ask, "~/ask", self._on_ask, callback_group=self._service_group),
+            self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._service_group),
+        ]
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        node_config = self.node_config
+        qos = qos_profile_sensor_data
+        if node_config.reliable_qos:
+            qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        for topic in node_config.image_topics:
+            message_type = CompressedImage if topic.endswith(COMPRESSED_SUFFIX) else Image
+            self._subscriptions.append(self.create_subscription(
+                message_type, topic, lambda msg, topic=topic: self._on_image(topic, msg), qos,
+                callback_group=self._frames_group))
+        self.scheduler.start()
+        self._active = True
+        self.get_logger().info(f"describing {node_config.image_topics} on {self.resolve_topic_name('~/description')}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        for subscription in self._subscriptions:
+            self.destroy_subscription(subscription)
+        self._subscriptions = []
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        for service in self._services:
+            self.destroy_service(service)
+        self._services = []
+        for publisher in (self._description_pub, self._text_pub):
+            if publisher is not None:
+                self.destroy_publisher(publisher)
+        self._description_pub = self._text_pub = None
+        self.scheduler = None
+        self.loaded = None
+        self.model_status = "not loaded"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._active:
+            self.on_deactivate(state)
+        if self.scheduler is not None or self._services:
+            self.on_cleanup(state)
+        return TransitionCallbackReturn.SUCCESS
+
+    # ----- data path --------------------------------------------------------------------------
+    def _on_image(self, topic: str, msg) -> None:
+        stream = self.scheduler.cameras.get(topic) if self.scheduler else None
+        if not self._active or stream is None:
+            return
+        try:
+            frame = to_rgb(msg)
+        except BadImage as error:
+            stream.stats.bad_frames += 1
+            self.get_logger().warning(f"{topic}: {error}; frame dropped", throttle_duration_sec=THROTTLE_S)
+            return
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        stream.frame_id = msg.header.frame_id
+        for warning in stream.add_frame(stamp, frame):
+            self.get_logger().warning(f"{topic}: {warning}", throttle_duration_sec=THROTTLE_S)
+        self.scheduler.notify()
+
+    def _publish(self, described: Described) -> None:
+        result, window = described.result, described.window
+        node_config = self.node_config
+        if result.silent and not node_config.publish_silent:
+            return
+        msg = Description()
+        msg.header.stamp = to_time_msg(window.end_s)
+        msg.header.frame_id = getattr(self.scheduler.cameras[described.camera], "frame_id", "")
+        msg.window_start = to_time_msg(window.start_s)
+        msg.window_end = to_time_msg(window.end_s)
+        msg.camera = described.camera
+        msg.text = result.text
+        msg.silent = result.silent
+        msg.index = result.index
+        msg.latency = float(described.latency_s)
+        msg.generated_tokens = result.generated_tokens
+        msg.cache_tokens = result.cache_tokens
+        with self._publish_lock:
+            if self._description_pub is not None and self._active:
+                self._description_pub.publish(msg)
+                if node_config.publish_text and self._text_pub is not None and not result.silent:
+                    self._text_pub.publish(String(data=result.text))
+
+    # ----- services ---------------------------------------------------------------------------
+    def _on_ask(self, request, response):
+        response.success = False
+        if self.scheduler is None or not self._active:
+            response.message = "the node is not active (model not loaded or deactivated)"
+            return response
+        cameras = list(self.scheduler.cameras)
+        camera = request.camera or cameras[0]
+        if camera not in self.scheduler.cameras:
+            response.message = f"unknown camera {camera!r}; cameras: {cameras}"
+            return response
+        stream = self.scheduler.cameras[camera]
+        if stream.last_result is None:
+            response.message = f"no video from {camera} yet"
+            return response
+        future = self.scheduler.ask(camera, request.question)
+        try:
+            answer = future.result(timeout=self.node_config.ask_timeout_s)
+        except TimeoutError:
+            future.cancel()
+            response.message = f"no answer within ask_timeout_s={self.node_config.ask_timeout_s}"
+            return response
+        except Exception as error:
+            response.message = f"the question failed: {error}"
+            return response
+        response.success = True
+        response.answer = answer.text
+        response.stamp = to_time_msg(answer.end_s)
+        return response
+
+    def _on_reset(self, request, response):
+        if self.scheduler is None:
+            response.success, response.message = False, "the node is not configured"
+            return response
+        self.scheduler.reset()
+        response.success, response.message = True, "every camera starts a fresh stream with its next frame"
+        return response
+
+    # ----- diagnostics ------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        model = DiagnosticStatus(name=f"{self.get_name()}: model", hardware_id=self.get_name())
+        if self.model_error:
+            model.level, model.message = DiagnosticStatus.ERROR, self.model_error
+        else:
+            model.level, model.message = DiagnosticStatus.OK, self.model_status
+        model.values = [KeyValue(key="accelerator_memory_bytes", value=str(_accelerator_memory()))]
+        array.status.append(model)
+        if self.scheduler is not None:
+            for name, stream in self.scheduler.cameras.items():
+                array.status.append(self._camera_status(name, stream))
+        self._diagnostics_pub.publish(array)
+
+    def _camera_status(self, name, stream) -> DiagnosticStatus:
+        stats = stream.stats
+        latencies = sorted(stats.latencies)
+        p50 = latencies[len(latencies) // 2] if latencies else 0.0
+        p95 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.95))] if latencies else 0.0
+        window = stream.session.config.frames.window_seconds
+        real_time_factor = window / p50 if p50 else 0.0
+        status = DiagnosticStatus(name=f"{self.get_name()}: camera {name}", hardware_id=name)
+        status.level, status.message = DiagnosticStatus.OK, "describing"
+        silent_for = None if stats.last_frame_wall is None else time.monotonic() - stats.last_frame_wall
+        if stats.last_frame_wall is None:
+            status.level, status.message = DiagnosticStatus.WARN, "no frame received yet"
+        elif silent_for > self.node_config.camera_timeout_s:
+            status.level, status.message = DiagnosticStatus.WARN, f"no frame for {silent_for:.1f} s"
+        elif p50 > window:
+            status.level, status.message = DiagnosticStatus.WARN, "behind real time: skipping windows"
+        values = {
+            "real_time_factor": f"{real_time_factor:.2f}", "latency_p50_s": f"{p50:.3f}",
+            "latency_p95_s": f"{p95:.3f}", "processed_windows": stats.processed_windows,
+            "skipped_windows": stats.skipped_windows, "empty_windows": stats.empty_windows,
+            "failed_windows": stats.failed_windows, "frames": stats.frames, "late_frames": stats.late_frames,
+            "bad_frames": stats.bad_frames, "stream_restarts": stats.restarts,
+            "cache_tokens": stats.last_cache_tokens,
+        }
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        return status
+
+
+def _accelerator_memory() -> int:
+    import torch
+
+    return torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
