@@ -22,6 +22,7 @@ from svlm_ros.msg import Description
 from .synthetic import moving_shapes
 
 DEMO_SECONDS = float(os.environ.get("DEMO_SECONDS", "20"))
+STARTUP_TIMEOUT_S = 180.0
 CAMERA_HZ = 10.0
 WIDTH, HEIGHT = 320, 240
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,10 +69,17 @@ def main() -> int:
     node_process = subprocess.Popen(node_command, start_new_session=True)
     rclpy.init()
     camera = DemoCamera()
-    deadline = time.monotonic() + DEMO_SECONDS
+    # The node needs a few seconds to load the model; the demo's clock starts at its first words.
+    startup_deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    deadline = None
     try:
-        while time.monotonic() < deadline and node_process.poll() is None:
+        while node_process.poll() is None:
             rclpy.spin_once(camera, timeout_sec=0.1)
+            now = time.monotonic()
+            if deadline is None and camera.received:
+                deadline = now + DEMO_SECONDS
+            if (deadline is not None and now > deadline) or (deadline is None and now > startup_deadline):
+                break
     finally:
         camera.destroy_node()
         rclpy.shutdown()

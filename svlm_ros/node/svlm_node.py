@@ -46,10 +46,10 @@ class SvlmNode(LifecycleNode):
         self.scheduler: Optional[Scheduler] = None
         self.model_error: Optional[str] = None
         self.model_status = "not loaded"
-        self._subscriptions = []
+        self._image_subscriptions = []
         self._description_pub = self._text_pub = None
-        self._services = []
-        self._active = False
+        self._svlm_services = []
+        self._describing = False
         self._publish_lock = threading.Lock()
         self._frames_group = ReentrantCallbackGroup()
         self._service_group = ReentrantCallbackGroup()
@@ -85,7 +85,7 @@ class SvlmNode(LifecycleNode):
 
     def release(self) -> None:
         """Stop the worker and drop the model, whatever the lifecycle state."""
-        self._active = False
+        self._describing = False
         if self.scheduler is not None:
             self.scheduler.stop()
         self.scheduler = None
@@ -111,7 +111,7 @@ class SvlmNode(LifecycleNode):
         self.scheduler = Scheduler(self.loaded, engine_config, node_config, self._publish, node_config.image_topics)
         self._description_pub = self.create_publisher(Description, "~/description", 10)
         self._text_pub = self.create_publisher(String, "~/text", 10)
-        self._services = [
+        self._svlm_services = [
             self.create_service(Ask, "~/ask", self._on_ask, callback_group=self._service_group),
             self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._service_group),
         ]
@@ -124,27 +124,27 @@ class SvlmNode(LifecycleNode):
             qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
         for topic in node_config.image_topics:
             message_type = CompressedImage if topic.endswith(COMPRESSED_SUFFIX) else Image
-            self._subscriptions.append(self.create_subscription(
+            self._image_subscriptions.append(self.create_subscription(
                 message_type, topic, lambda msg, topic=topic: self._on_image(topic, msg), qos,
                 callback_group=self._frames_group))
         self.scheduler.start()
-        self._active = True
+        self._describing = True
         self.get_logger().info(f"describing {node_config.image_topics} on {self.resolve_topic_name('~/description')}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._active = False
-        for subscription in self._subscriptions:
+        self._describing = False
+        for subscription in self._image_subscriptions:
             self.destroy_subscription(subscription)
-        self._subscriptions = []
+        self._image_subscriptions = []
         if self.scheduler is not None:
             self.scheduler.stop()
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        for service in self._services:
+        for service in self._svlm_services:
             self.destroy_service(service)
-        self._services = []
+        self._svlm_services = []
         for publisher in (self._description_pub, self._text_pub):
             if publisher is not None:
                 self.destroy_publisher(publisher)
@@ -155,16 +155,16 @@ class SvlmNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        if self._active:
+        if self._describing:
             self.on_deactivate(state)
-        if self.scheduler is not None or self._services:
+        if self.scheduler is not None or self._svlm_services:
             self.on_cleanup(state)
         return TransitionCallbackReturn.SUCCESS
 
     # ----- data path --------------------------------------------------------------------------
     def _on_image(self, topic: str, msg) -> None:
         stream = self.scheduler.cameras.get(topic) if self.scheduler else None
-        if not self._active or stream is None:
+        if not self._describing or stream is None:
             return
         try:
             frame = to_rgb(msg)
@@ -196,7 +196,7 @@ class SvlmNode(LifecycleNode):
         msg.generated_tokens = result.generated_tokens
         msg.cache_tokens = result.cache_tokens
         with self._publish_lock:
-            if self._description_pub is not None and self._active:
+            if self._description_pub is not None and self._describing:
                 self._description_pub.publish(msg)
                 if node_config.publish_text and self._text_pub is not None and not result.silent:
                     self._text_pub.publish(String(data=result.text))
@@ -204,7 +204,7 @@ class SvlmNode(LifecycleNode):
     # ----- services ---------------------------------------------------------------------------
     def _on_ask(self, request, response):
         response.success = False
-        if self.scheduler is None or not self._active:
+        if self.scheduler is None or not self._describing:
             response.message = "the node is not active (model not loaded or deactivated)"
             return response
         cameras = list(self.scheduler.cameras)
