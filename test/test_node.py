@@ -163,7 +163,7 @@ def test_slow_model_skips_windows_instead_of_lagging(harness):
     h = harness(inference_delay_s=1.8, reliable_qos=True)
     h.start()
     h.publisher(RAW, reliable=True)
-    h.stream(RAW, 0.0, 8.05, pace=0.1, reliable=True)  # 8 s of video in real time; inference takes ~2 s per window
+    h.stream(RAW, 0.0, 8.15, pace=0.1, reliable=True)  # frames 0.0 .. 8.0 close windows 0..7  # 8 s of video in real time; inference takes ~2 s per window
     stats = h.stats(RAW)
     wait_for(lambda: len(h.descriptions) + stats.skipped_windows == 8)
     assert stats.skipped_windows >= 1
