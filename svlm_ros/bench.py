@@ -86,7 +86,7 @@ class RecomputingSession(StreamSession):
         super()._evict(window)
         live = {s.uid_start for s in self.table.of_kind(Kind.VISION)}
         self._features = {uid: f for uid, f in self._features.items() if uid in live}
-        if self.table.segments:
+        if self.table.segments:  # throw the cache away and prefill every retained token again
             for layer in self.cache.layers:
                 layer.reset()
             features = [self._features[s.uid_start] for s in self.table.of_kind(Kind.VISION)]

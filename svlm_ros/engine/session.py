@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..config import EngineConfig
-from .frames import VisionInput, preprocess_frames
+from .frames import MERGE_SIZE, VisionInput, preprocess_frames
 from .kv_cache import StreamingKVCache
 from .models import LoadedModel
 from .prompt import PromptBuilder
@@ -127,37 +127,44 @@ class StreamSession:
         timer = _Timer(self.device)
         index = self.window_count
         with torch.inference_mode():
-            self._evict(index)
             with timer:
                 features = self._vision_features(vision_input)
-            turn = self._new_turn()
-            query = ""
-            if self._instruction_pending:
-                query = self.config.prompt.instruction
-                self._instruction_pending = False
-            if user_text:
-                query = f"{query}\n{user_text}" if query else user_text
-            new = self._head_segments() if not self.table.segments else []
-            new += [self.table.new_segment(Kind.USER_OPEN, self.prompt.user_open(start_s, end_s), turn, index)]
-            t, h, w = vision_input.grid_thw
-            grid = (t, h // 2, w // 2)
-            new.append(self.table.new_segment(Kind.VISION, self.prompt.vision(vision_input.token_count), turn,
-                                              index, grid=grid, time_step=self._time_step))
-            if query:
-                new.append(self.table.new_segment(Kind.QUERY, self.prompt.encode(query), turn, index))
-            new.append(self.table.new_segment(Kind.USER_CLOSE, self.prompt.turn_close(), turn, index))
-            new.append(self.table.new_segment(Kind.ASSISTANT_OPEN, self.prompt.assistant_open(), turn, index))
-            self.table.append(new)
-            with timer:
+            with timer:  # cache upkeep (eviction, compaction) counts with the prefill it serves
+                self._evict(index)
+                self._append_turn(vision_input, start_s, end_s, user_text)
                 logits = self._forward_new(features)
             with timer:
-                generated, truncated = self._generate(logits, turn, index, self.config.generation.max_new_tokens)
+                generated, truncated = self._generate(logits, self._turn_count - 1, index,
+                                                      self.config.generation.max_new_tokens)
         self.window_count += 1
         self._last_end_s = end_s
         text, silent = self._clean(generated)
         vision_s, prefill_s, decode_s = timer.seconds
         return WindowResult(index, start_s, end_s, text, silent, truncated, len(generated),
                             vision_s, prefill_s, decode_s, self.cache_tokens, self.table.end_position)
+
+    def _append_turn(self, vision_input: VisionInput, start_s: float, end_s: float,
+                     user_text: Optional[str]) -> None:
+        index = self.window_count
+        turn = self._new_turn()
+        query = ""
+        if self._instruction_pending:
+            query = self.config.prompt.instruction
+            self._instruction_pending = False
+        if user_text:
+            query = f"{query}\n{user_text}" if query else user_text
+        table, prompt = self.table, self.prompt
+        new = self._head_segments() if not table.segments else []
+        new.append(table.new_segment(Kind.USER_OPEN, prompt.user_open(start_s, end_s), turn, index))
+        grid_t, grid_h, grid_w = vision_input.grid_thw
+        merged = (grid_t, grid_h // MERGE_SIZE, grid_w // MERGE_SIZE)
+        new.append(table.new_segment(Kind.VISION, prompt.vision(vision_input.token_count), turn, index,
+                                     grid=merged, time_step=self._time_step))
+        if query:
+            new.append(table.new_segment(Kind.QUERY, prompt.encode(query), turn, index))
+        new.append(table.new_segment(Kind.USER_CLOSE, prompt.turn_close(), turn, index))
+        new.append(table.new_segment(Kind.ASSISTANT_OPEN, prompt.assistant_open(), turn, index))
+        table.append(new)
 
     def ask(self, question: str, max_new_tokens: Optional[int] = None) -> Answer:
         """Answer a question from the current cache; the turn then ages like the current window."""
