@@ -18,5 +18,10 @@ demo: setup
 bench: setup
 	$(VENV)/bin/svlm bench --model small-random --seconds 600 --out bench-out
 
+# On a CUDA machine: Qwen2.5-VL-7B dimensions, random weights, bf16, 720p at 2 fps.
+bench-gpu: setup
+	$(VENV)/bin/svlm bench --config config/qwen2_5_vl_7b.json --device cuda --dtype bfloat16 \
+		--width 1280 --height 720 --seconds 1800 --baseline-seconds 120 --out bench-gpu-out
+
 clean:
 	rm -rf .build bench-out

@@ -143,8 +143,10 @@ def random_config(name_or_path: str, tokenizer) -> Qwen2_5_VLConfig:
     if not path.is_file():
         raise FileNotFoundError(f"random model config {name_or_path!r} is neither a preset "
                                 f"({', '.join(RANDOM_MODELS)}) nor a JSON file")
-    config = Qwen2_5_VLConfig.from_dict(json.loads(path.read_text()))
-    return config
+    data = json.loads(path.read_text())
+    data.pop("_comment", None)
+    data.update(_vision_token_ids(tokenizer))
+    return Qwen2_5_VLConfig.from_dict(data)
 
 
 def _vision_token_ids(tokenizer) -> dict:
