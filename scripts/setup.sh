@@ -16,7 +16,8 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 fail() { printf '\nsetup failed: %s\n' "$*" >&2; exit 1; }
 
 inputs_hash() {
-  cat setup.py package.xml CMakeLists.txt scripts/setup.sh msg/* srv/* | sha256sum | cut -d' ' -f1
+  cat setup.py package.xml CMakeLists.txt scripts/setup.sh scripts/colcon_build.sh scripts/install_interfaces.py \
+    scripts/fix_wheel_cmake_paths.py msg/* srv/* | sha256sum | cut -d" " -f1
 }
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(inputs_hash)" ]; then
