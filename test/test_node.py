@@ -34,7 +34,9 @@ class Harness:
         rclpy.init(context=self.context)
         overrides = {"model": "tiny-random", "device": "cpu", "frames.min_pixels": 3136,
                      "generation.max_new_tokens": 4, "generation.answer_max_new_tokens": 6,
-                     "image_topics": [RAW], "autostart": False}
+                     "image_topics": [RAW], "autostart": False,
+                     # Tests count frames and windows, so delivery is reliable unless a test says not.
+                     "reliable_qos": True}
         overrides.update(parameters)
         self.node = SvlmNode(context=self.context,
                              parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
@@ -53,7 +55,7 @@ class Harness:
         assert self.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert self.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
 
-    def publisher(self, topic, reliable=False):
+    def publisher(self, topic, reliable=True):
         if topic not in self.publishers:
             kind = CompressedImage if topic.endswith("/compressed") else Image
             qos = 10 if reliable else qos_profile_sensor_data
@@ -62,7 +64,7 @@ class Harness:
             time.sleep(0.5)  # discovery completes on the subscriber's side too, or first frames are lost
         return self.publishers[topic]
 
-    def send(self, topic, seconds, frame=None, reliable=False, **fields):
+    def send(self, topic, seconds, frame=None, reliable=True, **fields):
         frame = moving_shapes(seconds, 48, 64) if frame is None else frame
         if topic.endswith("/compressed"):
             ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
@@ -76,7 +78,7 @@ class Harness:
         msg.header.frame_id = "cam"
         self.publisher(topic, reliable).publish(msg)
 
-    def stream(self, topic, start, seconds, rate=10, pace=0.01, reliable=False):
+    def stream(self, topic, start, seconds, rate=10, pace=0.01, reliable=True):
         for i in range(int(seconds * rate)):
             self.send(topic, start + i / rate, reliable=reliable)
             time.sleep(pace)
@@ -143,6 +145,16 @@ def test_one_description_per_second_of_sensor_time(harness):
         assert msg.latency > 0 and msg.cache_tokens > 0 and msg.generated_tokens > 0
 
 
+@pytest.mark.parametrize("publisher_reliable", [False, True], ids=["best-effort-camera", "reliable-camera"])
+def test_default_sensor_qos_hears_both_kinds_of_camera(harness, publisher_reliable):
+    h = harness(reliable_qos=False)  # the default: sensor-data QoS, best effort
+    h.start()
+    h.publisher(RAW, reliable=publisher_reliable)
+    h.stream(RAW, 0.0, 3.0, reliable=publisher_reliable)
+    wait_for(lambda: h.descriptions)
+    assert h.stats(RAW).frames >= 20
+
+
 def test_compressed_and_raw_cameras_at_once(harness):
     # Reliable QoS and a deep window queue: this test counts windows, so none may be lost.
     h = harness(image_topics=[RAW, COMPRESSED], reliable_qos=True, max_queued_windows=8)
@@ -186,23 +198,27 @@ def test_services_answer_while_inference_is_busy(harness):
 
 
 def test_bad_inputs_keep_the_node_alive_and_are_reported(harness):
-    h = harness(image_topics=[RAW, COMPRESSED])
+    # Reliable delivery, so that every bad message surely arrives and is counted.
+    h = harness(image_topics=[RAW, COMPRESSED], reliable_qos=True, max_queued_windows=8)
     h.start()
-    h.stream(RAW, 100.0, 1.5)
-    h.send(RAW, 101.6, frame=np.zeros((48, 64, 3), np.uint8), encoding="32FC7")  # unsupported encoding
-    h.publisher(RAW).publish(Image(height=0, width=0, encoding="rgb8"))  # zero-size
-    h.publisher(COMPRESSED).publish(CompressedImage(format="jpeg", data=b"\xff\xd8 not a jpeg"))  # corrupt
-    h.send(RAW, 100.2)  # one late frame
-    h.stream(RAW, 101.7, 1.5)  # a resolution change comes next
-    for i in range(15):
-        h.send(RAW, 101.7 + 1.5 + i / 10, frame=moving_shapes(i, 96, 64))
+    raw, compressed = h.publisher(RAW, reliable=True), h.publisher(COMPRESSED, reliable=True)
+    h.stream(RAW, 100.0, 1.5, reliable=True)
+    h.send(RAW, 101.6, frame=np.zeros((48, 64, 3), np.uint8), encoding="32FC7", reliable=True)  # unsupported
+    raw.publish(Image(height=0, width=0, encoding="rgb8"))  # zero-size
+    compressed.publish(CompressedImage(format="jpeg", data=b"\xff\xd8 not a jpeg"))  # corrupt
+    h.send(RAW, 100.2, reliable=True)  # one late frame
+    h.stream(RAW, 101.7, 1.5, reliable=True)
+    for i in range(15):  # a resolution change
+        h.send(RAW, 103.2 + i / 10, frame=moving_shapes(i, 96, 64), reliable=True)
         time.sleep(0.01)
-    h.stream(RAW, 20.0, 2.2)  # the bag loops: time jumps back
-    wait_for(lambda: h.stats(RAW).restarts == 1 and any(m.index == 1 and seconds_of(m.window_start) == 21.0
-                                                         for m in h.descriptions))
-    raw, compressed = h.stats(RAW), h.stats(COMPRESSED)
-    assert raw.bad_frames == 2 and compressed.bad_frames == 1 and raw.late_frames == 1
-    assert raw.failed_windows == 0
+    h.stream(RAW, 20.0, 2.2, reliable=True)  # the bag loops: time jumps back
+    wait_for(lambda: h.stats(RAW).restarts == 1
+             and any(m.index == 1 and seconds_of(m.window_start) == pytest.approx(21.0) for m in h.descriptions))
+    stats_raw, stats_compressed = h.stats(RAW), h.stats(COMPRESSED)
+    assert stats_raw.bad_frames == 2 and stats_compressed.bad_frames == 1 and stats_raw.late_frames == 1
+    assert stats_raw.failed_windows == 0
+    described = [seconds_of(m.window_start) for m in h.descriptions if m.camera == RAW]
+    assert described[:4] == pytest.approx([100.0, 101.0, 102.0, 103.0])  # the resolution change went through
     wait_for(lambda: any(s.name.endswith(RAW) and any(v.key == "bad_frames" and v.value == "2" for v in s.values)
                          for a in h.diagnostics for s in a.status))
 

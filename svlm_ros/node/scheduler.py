@@ -180,8 +180,10 @@ class Scheduler:
             result = stream.session.step(window.frames, window.start_s, window.end_s)
         except Exception as error:  # a failed window must not stop the node
             stream.stats.failed_windows += 1
+            stream.reset_pending = True  # the cache may be half-updated: the next window starts afresh
             self.last_error = f"{stream.name}: {error}"
-            log.exception("window %.1f-%.1f s of %s failed", window.start_s, window.end_s, stream.name)
+            log.exception("window %.1f-%.1f s of %s failed; restarting its stream", window.start_s,
+                          window.end_s, stream.name)
             return
         finally:
             self.busy_since = None
