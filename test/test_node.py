@@ -189,7 +189,7 @@ def test_services_answer_while_inference_is_busy(harness):
     wait_for(lambda: h.node.scheduler.busy_since is not None)
     started = time.monotonic()
     reset = h.call(Trigger, "/svlm/reset", Trigger.Request())
-    assert reset.success and time.monotonic() - started < 1.0
+    assert reset.success and time.monotonic() - started < 1.5  # while a 2-s window is in the works
     wait_for(lambda: h.descriptions)
     answer = h.call(Ask, "/svlm/ask", Ask.Request(question="What do you see?"), timeout=60)
     assert answer.success and answer.answer, answer.message
