@@ -25,3 +25,25 @@ def random_frames(rng, height=56, width=56, count=2):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_vl():
+    """A random-weight Qwen2-VL (the older architecture StreamingVLM's positions also fit)."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    from svlm_ros.engine.frames import Normalization
+    from svlm_ros.engine.models import LoadedModel, _vision_token_ids, qwen_tokenizer_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
+    config = Qwen2VLConfig(
+        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(tokenizer),
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}),
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2),
+        **_vision_token_ids(tokenizer))
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    return LoadedModel(model, tokenizer, "tiny-qwen2-vl", Normalization())
