@@ -18,7 +18,8 @@ def test_saved_checkpoint_loads_by_path_and_streams(tiny_model, tmp_path, rng):
         "min_pixels": 3136, "max_pixels": 100352}))
     loaded = load_model(ModelConfig(model=str(tmp_path), device="cpu", dtype="float32"))
     assert type(loaded.model) is type(tiny_model.model)
-    for (name, saved), restored in zip(tiny_model.model.state_dict().items(), loaded.model.state_dict().values()):
+    pairs = zip(tiny_model.model.state_dict().items(), loaded.model.state_dict().values(), strict=True)
+    for (name, saved), restored in pairs:
         assert torch.equal(saved, restored), name
     assert loaded.normalization.mean == (0.5, 0.5, 0.5) and loaded.max_pixels == 100352
     session = StreamSession(loaded, EngineConfig())

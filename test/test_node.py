@@ -8,6 +8,7 @@ import pytest
 import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.srv import GetState
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -249,7 +250,8 @@ def test_a_model_that_fails_to_load_is_an_error_state(harness, tmp_path):
     assert "failed to load" in h.node.model_error
     wait_for(lambda: any(s.level == s.ERROR and "failed to load" in s.message
                          for a in h.diagnostics for s in a.status))
-    assert h.node.get_current_state if hasattr(h.node, "get_current_state") else True
+    state = h.call(GetState, "/svlm/get_state", GetState.Request()).current_state
+    assert state.label == "unconfigured"  # the lifecycle state a ROS user sees
 
 
 def test_parameters_are_validated(harness):

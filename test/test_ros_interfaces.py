@@ -1,8 +1,6 @@
 """The package's own interfaces over real rclpy, and the package itself building with colcon."""
-import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 

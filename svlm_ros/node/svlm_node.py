@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Dict, Optional
+from typing import Optional
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
