@@ -138,6 +138,7 @@ class NodeConfig:
 
     image_topics: list = field(default_factory=lambda: ["/camera/image_raw"])
     reliable_qos: bool = False  # default: sensor-data QoS (best effort), which hears both kinds of publisher
+    qos_depth: int = 5  # image subscription history depth
     publish_silent: bool = True  # publish silent windows with silent=true
     publish_text: bool = True  # also publish the text alone on ~/text
     autostart: bool = True  # configure and activate on start, without a lifecycle manager

@@ -81,6 +81,8 @@ def build_configs(values: Dict[str, Any]) -> Tuple[ModelConfig, EngineConfig, No
     for name in ("camera_timeout_s", "restart_after_s", "ask_timeout_s", "diagnostics_period_s"):
         if getattr(node, name) <= 0:
             raise ValueError(f"{name} must be > 0, got {getattr(node, name)}")
+    if node.qos_depth < 1:
+        raise ValueError(f"qos_depth must be >= 1, got {node.qos_depth}")
     if node.max_queued_windows < 1:
         raise ValueError(f"max_queued_windows must be >= 1, got {node.max_queued_windows}")
     if node.inference_delay_s < 0:

@@ -56,7 +56,11 @@ class CameraStream:
         self.assembler = WindowAssembler(frames.window_seconds, frames.frames_per_window, node.restart_after_s)
         self.queue: Deque[tuple] = collections.deque(maxlen=max(1, node.max_queued_windows))
         self.stats = CameraStats()
-        self.reset_pending = False
+        # A new stream (time jumped back, ~/reset) bumps the generation; the
+        # worker resets the session when it reaches the first window of a newer generation, so
+        # windows of the old stream still queued are described first, not lost.
+        self.generation = 0
+        self.session_generation = 0
         self.last_result: Optional[WindowResult] = None
         self.lock = threading.Lock()
 
@@ -72,14 +76,13 @@ class CameraStream:
                 warnings.append(f"dropped a late or out-of-order frame (stamp {stamp_s:.3f} s)")
             if added.restarted:
                 self.stats.restarts += 1
-                self.queue.clear()
-                self.reset_pending = True
+                self.generation += 1
                 warnings.append(f"sensor time jumped back to {stamp_s:.3f} s: starting a fresh stream")
             self.stats.empty_windows += added.skipped_empty
             for window in added.windows:
                 if len(self.queue) == self.queue.maxlen:
                     self.stats.skipped_windows += 1
-                self.queue.append((window, time.monotonic()))
+                self.queue.append((window, time.monotonic(), self.generation))
         return warnings
 
     def take(self):
@@ -126,11 +129,12 @@ class Scheduler:
         return future
 
     def reset(self) -> None:
+        """~/reset: queued windows are dropped and every camera starts a new stream."""
         for stream in self.cameras.values():
             with stream.lock:
                 stream.queue.clear()
                 stream.assembler.reset()
-                stream.reset_pending = True
+                stream.generation += 1
         self._wake.set()
 
     def set_instruction(self, text: str) -> None:
@@ -162,17 +166,17 @@ class Scheduler:
                 return stream, item
         return None
 
-    def _prepare(self, stream: CameraStream) -> None:
-        if stream.reset_pending:
+    def _prepare(self, stream: CameraStream, generation: int) -> None:
+        if generation != stream.session_generation:
             stream.session.reset()
-            stream.reset_pending = False
+            stream.session_generation = generation
         if getattr(stream, "instruction_pending", False):
             stream.session.set_instruction(stream.session.config.prompt.instruction)
             stream.instruction_pending = False
 
     def _describe(self, stream: CameraStream, item) -> None:
-        window, ready_at = item
-        self._prepare(stream)
+        window, ready_at, generation = item
+        self._prepare(stream, generation)
         self.busy_since = time.monotonic()
         try:
             if self.node_config.inference_delay_s:
@@ -180,7 +184,7 @@ class Scheduler:
             result = stream.session.step(window.frames, window.start_s, window.end_s)
         except Exception as error:  # a failed window must not stop the node
             stream.stats.failed_windows += 1
-            stream.reset_pending = True  # the cache may be half-updated: the next window starts afresh
+            stream.session.reset()  # the cache may be half-updated: the next window starts a new stream
             self.last_error = f"{stream.name}: {error}"
             log.exception("window %.1f-%.1f s of %s failed; restarting its stream", window.start_s,
                           window.end_s, stream.name)
@@ -199,7 +203,7 @@ class Scheduler:
             return
         try:
             stream = self.cameras[camera]
-            self._prepare(stream)
+            self._prepare(stream, stream.session_generation)
             future.set_result(stream.session.ask(question))
         except Exception as error:
             future.set_exception(error)

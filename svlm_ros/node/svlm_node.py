@@ -118,9 +118,9 @@ class SvlmNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         node_config = self.node_config
-        qos = qos_profile_sensor_data
-        if node_config.reliable_qos:
-            qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        reliability = ReliabilityPolicy.RELIABLE if node_config.reliable_qos else qos_profile_sensor_data.reliability
+        qos = QoSProfile(depth=node_config.qos_depth, reliability=reliability, history=HistoryPolicy.KEEP_LAST,
+                         durability=qos_profile_sensor_data.durability)
         for topic in node_config.image_topics:
             message_type = CompressedImage if topic.endswith(COMPRESSED_SUFFIX) else Image
             self._image_subscriptions.append(self.create_subscription(
