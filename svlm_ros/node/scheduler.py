@@ -61,6 +61,8 @@ class CameraStream:
         # windows of the old stream still queued are described first, not lost.
         self.generation = 0
         self.session_generation = 0
+        self.instruction_pending = False  # a new standing instruction waits for the worker
+        self.frame_id = ""  # the camera's frame, from its latest image
         self.last_result: Optional[WindowResult] = None
         self.lock = threading.Lock()
 
@@ -170,7 +172,7 @@ class Scheduler:
         if generation != stream.session_generation:
             stream.session.reset()
             stream.session_generation = generation
-        if getattr(stream, "instruction_pending", False):
+        if stream.instruction_pending:
             stream.session.set_instruction(stream.session.config.prompt.instruction)
             stream.instruction_pending = False
 

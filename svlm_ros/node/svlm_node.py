@@ -184,7 +184,7 @@ class SvlmNode(LifecycleNode):
             return
         msg = Description()
         msg.header.stamp = to_time_msg(window.end_s)
-        msg.header.frame_id = getattr(self.scheduler.cameras[described.camera], "frame_id", "")
+        msg.header.frame_id = self.scheduler.cameras[described.camera].frame_id
         msg.window_start = to_time_msg(window.start_s)
         msg.window_end = to_time_msg(window.end_s)
         msg.camera = described.camera
