@@ -78,45 +78,40 @@ class RecomputingSession(StreamSession):
     """Keeps the same tokens as streaming but rebuilds their KV cache from scratch every window."""
 
     def __init__(self, *args, reencode_vision=True, **kwargs):
-        self._features = {}  # VISION segment uid -> its vision features (or its vision input)
-        self._inputs = {}
         self.reencode_vision = reencode_vision
-        super().__init__(*args, **kwargs)
+        self._windows = {}  # VISION segment uid -> (vision input, vision features)
+        self._latest = None  # the window being added: (vision input, vision features)
         self.last_reencode_s = 0.0  # vision work inside the re-prefill, reported as vision
+        super().__init__(*args, **kwargs)
 
     def _vision_features(self, vision_input):
         features = super()._vision_features(vision_input)
-        self._pending_features = features
-        self._pending_input = vision_input
+        self._latest = (vision_input, features)
         return features
+
+    def _append_turn(self, *args, **kwargs):
+        super()._append_turn(*args, **kwargs)
+        newest = list(self.table.of_kind(Kind.VISION))[-1]
+        self._windows[newest.uid_start] = self._latest
 
     def _evict(self, window):
         super()._evict(window)
-        live = {s.uid_start for s in self.table.of_kind(Kind.VISION)}
-        self._features = {uid: f for uid, f in self._features.items() if uid in live}
-        self._inputs = {uid: f for uid, f in self._inputs.items() if uid in live}
-        if self.table.segments:  # throw the cache away and prefill every retained token again
-            for layer in self.cache.layers:
-                layer.reset()
-            vision = list(self.table.of_kind(Kind.VISION))
-            if self.reencode_vision:  # the window's video goes through the vision tower again
-                started = time.perf_counter()
-                features = [StreamSession._vision_features(self, self._inputs[s.uid_start]) for s in vision]
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                self.last_reencode_s = time.perf_counter() - started
-            else:
-                features = [self._features[s.uid_start] for s in vision]
-            self._forward_new(torch.cat(features) if features else None)
-
-    def _forward_new(self, video_features):
-        logits = super()._forward_new(video_features)
-        for segment in self.table.of_kind(Kind.VISION):
-            if segment.uid_start not in self._features and getattr(self, "_pending_features", None) is not None:
-                self._features[segment.uid_start] = self._pending_features
-                self._inputs[segment.uid_start] = self._pending_input
-                self._pending_features = None
-        return logits
+        vision = list(self.table.of_kind(Kind.VISION))
+        self._windows = {s.uid_start: self._windows[s.uid_start] for s in vision}
+        self.last_reencode_s = 0.0
+        if not self.table.segments:
+            return
+        for layer in self.cache.layers:  # throw the cache away and prefill every retained token again
+            layer.reset()
+        if self.reencode_vision:  # the window's video goes through the vision tower again
+            started = time.perf_counter()
+            features = [StreamSession._vision_features(self, self._windows[s.uid_start][0]) for s in vision]
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.last_reencode_s = time.perf_counter() - started
+        else:
+            features = [self._windows[s.uid_start][1] for s in vision]
+        self._forward_new(torch.cat(features) if features else None)
 
 
 def run_strategy(name, loaded, args, seconds):

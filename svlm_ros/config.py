@@ -5,9 +5,8 @@ wherever a limit is described as such.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 DEFAULT_INSTRUCTION = "Describe what the camera shows, second by second."
@@ -116,20 +115,6 @@ class EngineConfig:
         self.frames.validate()
         self.generation.validate()
         return self
-
-
-def update_dataclass(obj: Any, values: dict, where: str = "") -> Any:
-    """Recursively set known fields from a dict; unknown keys are an error naming the key."""
-    known = {f.name: f for f in dataclasses.fields(obj)}
-    for key, value in values.items():
-        if key not in known:
-            raise KeyError(f"unknown setting {where}{key!r}; known: {sorted(known)}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            update_dataclass(current, value, f"{where}{key}.")
-        else:
-            setattr(obj, key, value)
-    return obj
 
 
 @dataclass

@@ -10,6 +10,7 @@ from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.srv import GetState
 from rclpy.executors import MultiThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
@@ -20,7 +21,6 @@ from svlm_ros.msg import Description
 from svlm_ros.node.svlm_node import SvlmNode
 from svlm_ros.srv import Ask
 from svlm_ros.synthetic import moving_shapes
-from rclpy.lifecycle import TransitionCallbackReturn
 
 RAW, COMPRESSED = "/cam_a/image_raw", "/cam_b/image_raw/compressed"
 

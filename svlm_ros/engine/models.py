@@ -155,14 +155,17 @@ def _vision_token_ids(tokenizer) -> dict:
     return {key: tokenizer.convert_tokens_to_ids(token) for key, token in names.items()}
 
 
-def check_supported(config) -> None:
-    model_type = getattr(config, "model_type", None)
+def check_model_type(model_type) -> None:
     if model_type not in MODEL_CLASSES:
         raise ValueError(
             f"model type {model_type!r} is not supported; supported: {', '.join(MODEL_CLASSES)} "
             "(StreamingVLM checkpoints are qwen2_5_vl). Qwen3-VL places video by timestamps in text and "
             "interleaved mRoPE, which this engine's contiguous streaming layout does not implement."
         )
+
+
+def check_supported(config) -> None:
+    check_model_type(getattr(config, "model_type", None))
     rope = config.get_text_config().rope_parameters or {}
     if rope.get("rope_type", "default") != "default":
         raise ValueError(f"rope_type {rope.get('rope_type')!r} is not supported: cached keys are re-rotated on "
@@ -178,8 +181,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     path = _resolve_checkpoint(cfg.model)
     config_json = json.loads((path / "config.json").read_text())
     model_type = config_json.get("model_type")
-    if model_type not in MODEL_CLASSES:
-        check_supported(type("Config", (), {"model_type": model_type})())
+    check_model_type(model_type)
     model_class = MODEL_CLASSES[model_type]
     log.info("loading %s (%s) on %s as %s with %s attention", path, model_type, device, dtype, attention)
     model = model_class.from_pretrained(path, dtype=dtype, attn_implementation=attention,

@@ -26,7 +26,7 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, banned: Optional[int] = None) -> int:
         """Choose from (vocab,) logits; `banned` (end of turn when forcing length) is never chosen."""
         cfg = self.config
-        logits = logits.float()
+        logits = logits.float().clone()  # the caller's logits (session.last_logits) stay untouched
         if cfg.repetition_penalty != 1.0:
             penalized = torch.where(logits > 0, logits / cfg.repetition_penalty, logits * cfg.repetition_penalty)
             logits = torch.where(self.seen[: logits.shape[-1]], penalized, logits)

@@ -151,13 +151,6 @@ class SegmentTable:
     def of_kind(self, *kinds: Kind) -> Iterator[Segment]:
         return (s for s in self.segments if s.kind in kinds)
 
-    def turns(self) -> List[int]:
-        seen = []
-        for s in self.segments:
-            if s.turn is not None and (not seen or seen[-1] != s.turn):
-                seen.append(s.turn)
-        return seen
-
     def prev_text_length(self) -> int:
         return sum(len(s) for s in self.of_kind(Kind.PREV_TEXT))
 

@@ -89,8 +89,6 @@ class StreamSession:
         self._embed = self.model.get_input_embeddings()
         self._time_step = loaded.time_step(self.config.frames.fps)
         self.sampler = Sampler(self.config.generation, text_config.vocab_size, self.device)
-        self.min_pixels = self.config.frames.min_pixels
-        self.max_pixels = self.config.frames.max_pixels
         self.last_logits: Optional[torch.Tensor] = None
         self.reset()
 
@@ -123,7 +121,9 @@ class StreamSession:
         """Describe one window of video (its frames, RGB uint8) from start_s to end_s."""
         if not end_s >= start_s:
             raise ValueError(f"window end {end_s} is before its start {start_s}")
-        vision_input = preprocess_frames(frames, self.min_pixels, self.max_pixels, self.loaded.normalization)
+        frames_config = self.config.frames
+        vision_input = preprocess_frames(frames, frames_config.min_pixels, frames_config.max_pixels,
+                                         self.loaded.normalization)
         timer = _Timer(self.device)
         index = self.window_count
         with torch.inference_mode():

@@ -16,7 +16,12 @@ def main(argv=None) -> int:
     args = sys.argv if argv is None else ["svlm_node", *argv]
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     rclpy.init(args=args)
-    node = SvlmNode()
+    try:
+        node = SvlmNode()
+    except ValueError as error:  # a bad value in the params file or on the command line
+        print(f"svlm_node: invalid parameters: {error}", file=sys.stderr)
+        rclpy.shutdown()
+        return 2
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     if node.node_config.autostart:

@@ -6,7 +6,6 @@ unlimited, and for seed/top_k/top_p -1 means unset.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Any, Dict, Tuple
 
@@ -104,13 +103,3 @@ def _locate(name: str, model, engine, node):
             return target, name
     raise ValueError(f"unknown parameter {name!r}")
 
-
-def validate_change(current: Dict[str, Any], changes: Dict[str, Any]) -> str:
-    """'' if the changed set of values is valid, else the reason."""
-    candidate = copy.deepcopy(current)
-    candidate.update(changes)
-    try:
-        build_configs(candidate)
-    except (ValueError, TypeError) as error:
-        return str(error)
-    return ""

@@ -61,7 +61,7 @@ class CameraStream:
         # windows of the old stream still queued are described first, not lost.
         self.generation = 0
         self.session_generation = 0
-        self.instruction_pending = False  # a new standing instruction waits for the worker
+        self.pending_instruction: Optional[str] = None  # set by ROS threads, applied by the worker
         self.frame_id = ""  # the camera's frame, from its latest image
         self.last_result: Optional[WindowResult] = None
         self.lock = threading.Lock()
@@ -141,8 +141,7 @@ class Scheduler:
 
     def set_instruction(self, text: str) -> None:
         for stream in self.cameras.values():
-            stream.session.config.prompt.instruction = text
-            stream.instruction_pending = True
+            stream.pending_instruction = text
         self._wake.set()
 
     # ----- the worker ------------------------------------------------------------------------
@@ -172,9 +171,9 @@ class Scheduler:
         if generation != stream.session_generation:
             stream.session.reset()
             stream.session_generation = generation
-        if stream.instruction_pending:
-            stream.session.set_instruction(stream.session.config.prompt.instruction)
-            stream.instruction_pending = False
+        text, stream.pending_instruction = stream.pending_instruction, None
+        if text is not None:
+            stream.session.set_instruction(text)
 
     def _describe(self, stream: CameraStream, item) -> None:
         window, ready_at, generation = item

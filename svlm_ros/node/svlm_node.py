@@ -11,7 +11,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, qos_profile_sensor_data
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
@@ -40,6 +40,8 @@ class SvlmNode(LifecycleNode):
         for name, value in self._values.items():
             self.declare_parameter(name, value, parameters.descriptor(name, value))
         self._values = {name: self.get_parameter(name).value for name in self._values}
+        # Built once here and on every accepted change; a bad launch-time value stops the node early.
+        self._configs = parameters.build_configs(self._values)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.loaded = None
         self.scheduler: Optional[Scheduler] = None
@@ -59,19 +61,21 @@ class SvlmNode(LifecycleNode):
     # ----- configuration ----------------------------------------------------------------------
     @property
     def configs(self):
-        return parameters.build_configs(self._values)
+        return self._configs
 
     @property
     def node_config(self):
-        return self.configs[2]
+        return self._configs[2]
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         changes = {p.name: p.value for p in params}
-        reason = parameters.validate_change(self._values, changes)
-        if reason:
-            self.get_logger().warning(f"refused parameter change {sorted(changes)}: {reason}")
-            return SetParametersResult(successful=False, reason=reason)
+        try:
+            configs = parameters.build_configs({**self._values, **changes})
+        except (ValueError, TypeError) as error:
+            self.get_logger().warning(f"refused parameter change {sorted(changes)}: {error}")
+            return SetParametersResult(successful=False, reason=str(error))
         self._values.update(changes)
+        self._configs = configs
         if "prompt.instruction" in changes and self.scheduler is not None:
             self.scheduler.set_instruction(changes["prompt.instruction"])
             self.get_logger().info(f"standing instruction is now {changes['prompt.instruction']!r}")
@@ -248,6 +252,8 @@ class SvlmNode(LifecycleNode):
         else:
             model.level, model.message = DiagnosticStatus.OK, self.model_status
         model.values = [KeyValue(key="accelerator_memory_bytes", value=str(_accelerator_memory()))]
+        if self.scheduler is not None and self.scheduler.last_error:
+            model.values.append(KeyValue(key="last_window_error", value=self.scheduler.last_error))
         array.status.append(model)
         if self.scheduler is not None:
             for name, stream in self.scheduler.cameras.items():
