@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import CachePolicy, EngineConfig, ModelConfig
+from .config import DECODE_MODES, CachePolicy, EngineConfig, ModelConfig
 from .engine.kv_cache import rotate_keys
 from .engine.models import load_model
 from .engine.segments import Kind
@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--attn", default="auto")
+    parser.add_argument("--decode", default="auto", choices=DECODE_MODES,
+                        help="decode mode (auto: cuda_graph on CUDA, dynamic on CPU); rerotate always "
+                             "decodes dynamic, since its rotation runs in the per-token forward")
     parser.add_argument("--recompute-reuses-vision", action="store_true",
                         help="recompute keeps each window's vision features instead of re-encoding its frames")
     parser.add_argument("--full-token-limit", type=int, default=200_000, help="stop `full` past this cache size")
@@ -120,6 +123,7 @@ def run_strategy(name, loaded, args, seconds):
     config.generation.max_new_tokens = args.tokens
     config.generation.ignore_end_of_turn = True
     config.generation.seed = 0
+    config.generation.decode_mode = "dynamic" if name == "rerotate" else args.decode
     if name == "full":
         config.cache = CachePolicy.unlimited()
     if name == "recompute":
@@ -165,6 +169,8 @@ def run_strategy(name, loaded, args, seconds):
     record["memory_kind"] = "cuda_max_allocated" if cuda else "process_rss"
     record["stop_reason"] = stop_reason
     record["seconds_run"] = len(record["latency_s"])
+    record["decode_mode"] = session.decode_mode
+    record["window_s"] = config.frames.window_seconds
     del session
     return record
 
@@ -181,7 +187,7 @@ def summarize(results, args):
     rows = []
     for name, r in results.items():
         rows.append({
-            "strategy": name, "seconds": r["seconds_run"],
+            "strategy": name, "seconds": r["seconds_run"], "decode_mode": r["decode_mode"],
             "latency_s": steady(r["latency_s"]),
             "vision_prefill_s": steady([v + p for v, p in zip(r["vision_s"], r["prefill_s"])]),
             "prefill_s": steady(r["prefill_s"]),
@@ -189,6 +195,7 @@ def summarize(results, args):
             "per_token_ms": 1000 * steady(r["time_per_token_s"]),
             "cache_tokens": r["cache_tokens"][-1] if r["cache_tokens"] else 0,
             "peak_memory_mib": r["peak_memory_bytes"] / 2**20,
+            "realtime_x": r["window_s"] / steady(r["latency_s"]),  # > 1: keeps up with the camera
         })
     ratios = {}
     if "streaming" in results:
@@ -212,14 +219,14 @@ def summarize(results, args):
 
 
 def print_table(rows, ratios):
-    header = (f"{'strategy':<10} {'seconds':>7} {'latency s':>10} {'vis+pre s':>10} {'decode s':>9} "
-              f"{'ms/token':>9} {'cache tok':>10} {'peak MiB':>9}")
+    header = (f"{'strategy':<10} {'decode':<10} {'seconds':>7} {'latency s':>10} {'vis+pre s':>10} "
+              f"{'decode s':>9} {'ms/token':>9} {'cache tok':>10} {'peak MiB':>9} {'realtime':>8}")
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(f"{row['strategy']:<10} {row['seconds']:>7} {row['latency_s']:>10.3f} {row['vision_prefill_s']:>10.3f} "
-              f"{row['decode_s']:>9.3f} {row['per_token_ms']:>9.2f} {row['cache_tokens']:>10} "
-              f"{row['peak_memory_mib']:>9.0f}")
+        print(f"{row['strategy']:<10} {row['decode_mode']:<10} {row['seconds']:>7} {row['latency_s']:>10.3f} "
+              f"{row['vision_prefill_s']:>10.3f} {row['decode_s']:>9.3f} {row['per_token_ms']:>9.2f} "
+              f"{row['cache_tokens']:>10} {row['peak_memory_mib']:>9.0f} {row['realtime_x']:>7.2f}x")
     for name, ratio in ratios.items():
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in ratio.items()))
 

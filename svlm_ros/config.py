@@ -10,6 +10,8 @@ from typing import Optional
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 DEFAULT_INSTRUCTION = "Describe what the camera shows, second by second."
+# auto: cuda_graph on CUDA, dynamic elsewhere (engine/decoding.py explains each)
+DECODE_MODES = ("auto", "dynamic", "static", "cuda_graph")
 
 
 @dataclass
@@ -68,8 +70,11 @@ class GenerationConfig:
     seed: Optional[int] = None
     silence_marker: str = " ..."  # the model's answer for "nothing new this window"
     ignore_end_of_turn: bool = False  # benchmarks force exactly max_new_tokens
+    decode_mode: str = "auto"  # one of DECODE_MODES
 
     def validate(self) -> None:
+        if self.decode_mode not in DECODE_MODES:
+            raise ValueError(f"decode_mode must be one of {', '.join(DECODE_MODES)}, got {self.decode_mode!r}")
         if self.max_new_tokens < 1 or self.answer_max_new_tokens < 1:
             raise ValueError("max_new_tokens and answer_max_new_tokens must be >= 1")
         if self.do_sample and self.temperature <= 0:

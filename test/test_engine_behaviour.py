@@ -1,6 +1,7 @@
 """Test 5: silence, truncation, ask, reset, set_instruction, resolution change, bad frames."""
 import numpy as np
 import pytest
+import torch
 
 from conftest import random_frames
 from svlm_ros.config import CachePolicy, EngineConfig
@@ -20,15 +21,26 @@ class ScriptedSampler:
     def add(self, token):
         pass
 
-    def __call__(self, logits, banned=None):
-        return self.script.pop(0)
+    def draw(self, logits, banned=None):
+        # The queue-ahead loop draws one token past the end of the script; it is never used.
+        return torch.tensor([self.script.pop(0) if self.script else 0])
 
 
-def make_session(model, **policy):
+@pytest.fixture(params=["dynamic", "static-queued"])
+def decode_mode(request):
+    """Each answer-handling test runs with plain decoding and with the GPU's queue-ahead loop."""
+    return request.param
+
+
+def make_session(model, decode_mode="dynamic", **policy):
     config = EngineConfig(cache=CachePolicy(**policy) if policy else CachePolicy())
     config.frames.min_pixels = 56 * 56
     config.generation.seed = 3
-    return StreamSession(model, config)
+    config.generation.decode_mode = decode_mode.removesuffix("-queued")
+    session = StreamSession(model, config)
+    if decode_mode.endswith("-queued"):  # as on a GPU: step n+1 is queued before token n is read
+        session.decoder.queues_ahead = True
+    return session
 
 
 def last_turn_tokens(session):
@@ -36,8 +48,8 @@ def last_turn_tokens(session):
     return {s.kind: s.tokens.tolist() for s in session.table.segments if s.turn == turn}
 
 
-def test_silence_is_reported_and_the_turn_closed(tiny_model, rng):
-    session = make_session(tiny_model)
+def test_silence_is_reported_and_the_turn_closed(tiny_model, rng, decode_mode):
+    session = make_session(tiny_model, decode_mode)
     silence = session.prompt.encode(" ...")
     im_end = session.prompt.special.im_end
     session.sampler = ScriptedSampler(silence + [im_end])
@@ -49,16 +61,16 @@ def test_silence_is_reported_and_the_turn_closed(tiny_model, rng):
     assert session.cache_tokens == session.table.length
 
 
-def test_words_before_the_silence_marker_are_kept(tiny_model, rng):
-    session = make_session(tiny_model)
+def test_words_before_the_silence_marker_are_kept(tiny_model, rng, decode_mode):
+    session = make_session(tiny_model, decode_mode)
     words = session.prompt.encode(" A person walks in ...")
     session.sampler = ScriptedSampler(words + [session.prompt.special.im_end])
     result = session.step(random_frames(rng), 0.0, 1.0)
     assert result.text == "A person walks in" and not result.silent
 
 
-def test_truncation_keeps_every_word_and_closes_the_turn(tiny_model, rng):
-    session = make_session(tiny_model)
+def test_truncation_keeps_every_word_and_closes_the_turn(tiny_model, rng, decode_mode):
+    session = make_session(tiny_model, decode_mode)
     limit = session.config.generation.max_new_tokens
     words = session.prompt.encode(" one two three four five six seven eight nine ten eleven twelve "
                                   "thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty")
@@ -134,3 +146,22 @@ def test_bad_frames_are_refused_without_touching_the_stream(tiny_model, rng, fra
         session.step([frame], 1, 2)
     assert (session.cache_tokens, session.window_count) == before
     session.step(random_frames(rng), 1, 2)  # the stream goes on
+
+
+def test_queued_decoding_leaves_the_same_cache_as_plain_decoding(tiny_model, rng):
+    """The queue-ahead loop feeds one step past the end of turn; that step must leave no trace."""
+    frames = [random_frames(rng) for _ in range(3)]
+    caches = {}
+    for mode in ("dynamic", "static-queued"):
+        session = make_session(tiny_model, mode)
+        for index, window in enumerate(frames):
+            words = session.prompt.encode([" a red cube", " ...", " the arm moves left"][index])
+            session.sampler = ScriptedSampler(words + [session.prompt.special.im_end])
+            session.step(window, float(index), float(index + 1))
+        assert session.cache_tokens == session.table.length
+        caches[mode] = session
+    plain, queued = caches["dynamic"], caches["static-queued"]
+    assert torch.allclose(plain.last_logits, queued.last_logits, atol=1e-5)
+    for plain_layer, queued_layer in zip(plain.cache.layers, queued.cache.layers, strict=True):
+        assert torch.allclose(plain_layer.keys, queued_layer.keys, atol=1e-5)
+        assert torch.allclose(plain_layer.values, queued_layer.values, atol=1e-5)

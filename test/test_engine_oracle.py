@@ -122,9 +122,11 @@ POLICIES = [
 ]
 
 
+@pytest.mark.parametrize("decode_mode", ["dynamic", "static"])
 @pytest.mark.parametrize("policy", POLICIES, ids=["text-outlives-vision", "vision-outlives-text"])
-def test_engine_matches_rerotating_oracle(tiny_model, rng, policy):
+def test_engine_matches_rerotating_oracle(tiny_model, rng, policy, decode_mode):
     config = EngineConfig(cache=policy)
+    config.generation.decode_mode = decode_mode
     config.generation.do_sample = False
     config.generation.max_new_tokens = 3
     config.generation.answer_max_new_tokens = 4

@@ -71,5 +71,10 @@ class PromptBuilder:
         ids[0], ids[-1] = self.special.vision_start, self.special.vision_end
         return ids
 
+    @staticmethod
+    def vision_pads(segment_length: int) -> slice:
+        """Where the video pads sit in a vision segment of this length (see vision())."""
+        return slice(1, segment_length - 1)
+
     def assistant_open(self) -> List[int]:
         return [self.special.im_start, *self.encode("assistant\n")]

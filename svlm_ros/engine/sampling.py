@@ -20,11 +20,15 @@ class Sampler:
         self.seen.zero_()
         self.seen[context_tokens] = True
 
-    def add(self, token: int) -> None:
+    def add(self, token: torch.Tensor) -> None:
         self.seen[token] = True
 
-    def __call__(self, logits: torch.Tensor, banned: Optional[int] = None) -> int:
-        """Choose from (vocab,) logits; `banned` (end of turn when forcing length) is never chosen."""
+    def draw(self, logits: torch.Tensor, banned: Optional[int] = None) -> torch.Tensor:
+        """Choose from (vocab,) logits; `banned` (end of turn when forcing length) is never chosen.
+
+        Returns a (1,) tensor on the logits' device and never reads a value back to the host, so
+        on a GPU the next decode step can be queued before this token is known here.
+        """
         cfg = self.config
         logits = logits.float().clone()  # the caller's logits (session.last_logits) stay untouched
         if cfg.repetition_penalty != 1.0:
@@ -33,7 +37,7 @@ class Sampler:
         if banned is not None:
             logits[banned] = float("-inf")
         if not cfg.do_sample:
-            return int(logits.argmax())
+            return logits.argmax().reshape(1)
         logits = logits / cfg.temperature
         if cfg.top_k is not None:
             threshold = torch.topk(logits, min(cfg.top_k, logits.shape[-1])).values[-1]
@@ -47,4 +51,4 @@ class Sampler:
         # over a 150k-token vocabulary on CPU.
         cumulative = logits.softmax(-1).cumsum(-1)
         draw = torch.rand(1, generator=self.generator, device=logits.device) * cumulative[-1]
-        return int(torch.searchsorted(cumulative, draw).clamp(max=logits.shape[-1] - 1))
+        return torch.searchsorted(cumulative, draw).clamp(max=logits.shape[-1] - 1)

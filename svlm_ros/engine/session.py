@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..config import EngineConfig
+from .decoding import DynamicDecoder, StaticDecoder, resolve_decode_mode
 from .frames import MERGE_SIZE, VisionInput, preprocess_frames
 from .kv_cache import StreamingKVCache
 from .models import LoadedModel
@@ -89,6 +90,12 @@ class StreamSession:
         self._embed = self.model.get_input_embeddings()
         self._time_step = loaded.time_step(self.config.frames.fps)
         self.sampler = Sampler(self.config.generation, text_config.vocab_size, self.device)
+        decode_mode = resolve_decode_mode(self.config.generation.decode_mode, self.device)
+        if decode_mode == "dynamic":
+            self.decoder = DynamicDecoder(self._forward, self._embed)
+        else:
+            self.decoder = StaticDecoder(self.model.model.language_model, self.model.lm_head, self._embed,
+                                         self.device, use_cuda_graph=decode_mode == "cuda_graph")
         self.last_logits: Optional[torch.Tensor] = None
         self.reset()
 
@@ -111,6 +118,11 @@ class StreamSession:
         """Replace the standing instruction; it is sent with the next window's user turn."""
         self.config.prompt.instruction = text
         self._instruction_pending = True
+
+    @property
+    def decode_mode(self) -> str:
+        """The decode mode in use (cuda_graph turns into static if its capture failed)."""
+        return self.decoder.mode
 
     @property
     def cache_tokens(self) -> int:
@@ -218,12 +230,20 @@ class StreamSession:
 
     def _forward_new(self, video_features: Optional[torch.Tensor]) -> torch.Tensor:
         """Forward every table token past the cache's end; returns the last token's logits."""
-        tokens, positions = self.table.tail(self.cache_tokens)
-        ids = torch.from_numpy(tokens).to(self.device)
-        embeds = self._embed(ids)
+        start = self.cache_tokens
+        tokens, positions = self.table.tail(start)
+        embeds = self._embed(torch.from_numpy(tokens).to(self.device))
         if video_features is not None:
-            is_pad = ids == self.prompt.special.video_pad
-            embeds[is_pad] = video_features.to(embeds.dtype)
+            used = 0
+            for segment in self.table.of_kind(Kind.VISION):  # slices, not a mask: no device-to-host sync
+                if segment.slot >= start:
+                    pads = self.prompt.vision_pads(len(segment))
+                    count = pads.stop - pads.start
+                    first = segment.slot - start + pads.start
+                    embeds[first:first + count] = video_features[used:used + count].to(embeds.dtype)
+                    used += count
+            if used != video_features.shape[0]:
+                raise RuntimeError(f"{video_features.shape[0]} vision features for {used} video tokens")
         return self._forward(embeds, torch.from_numpy(positions).to(self.device))
 
     def _forward(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -239,23 +259,33 @@ class StreamSession:
         """Decode up to `limit` tokens; then record the answer and close the turn in the cache."""
         im_end = self.prompt.special.im_end
         force_length = self.config.generation.ignore_end_of_turn
-        self.sampler.start(torch.from_numpy(self.table.tokens()).to(self.device))
-        position = self.table.end_position
+        banned = im_end if force_length else None
+        sampler, decoder = self.sampler, self.decoder
+        sampler.start(torch.from_numpy(self.table.tokens()).to(self.device))
+        decoder.begin(self.cache, self.table.end_position, budget=limit)
         generated: List[int] = []
         truncated = False
+        fed = 0
+        token = sampler.draw(logits, banned)
         while True:
-            token = self.sampler(logits, banned=im_end if force_length else None)
-            if token == im_end:
+            # When the decoder queues ahead, step n+1 is on the device before token n is read
+            # back here; if token n ends the turn, that step's key/value is dropped by end().
+            queued = decoder.queues_ahead and len(generated) + 1 < limit
+            if queued:
+                next_token = self._feed(token, banned)
+                fed += 1
+            value = int(token)
+            if value == im_end:
                 break
-            generated.append(token)
-            self.sampler.add(token)
+            generated.append(value)
             if len(generated) >= limit:
                 truncated = not force_length
                 break
-            embeds = self._embed(torch.tensor([token], device=self.device))
-            positions = torch.full((3, 1), position, device=self.device, dtype=torch.long)
-            logits = self._forward(embeds, positions)
-            position += 1
+            if not queued:
+                next_token = self._feed(token, banned)
+                fed += 1
+            token = next_token
+        decoder.end(min(fed, len(generated)))
         # The words and <|im_end|>\n join the table; what decoding has not fed yet (the last
         # word when truncated, and the turn's end) is fed in one forward so the cache matches.
         closing = []
@@ -265,6 +295,11 @@ class StreamSession:
         self.table.append(closing)
         self._forward_new(None)
         return generated, truncated
+
+    def _feed(self, token: torch.Tensor, banned: Optional[int]) -> torch.Tensor:
+        """Feed a sampled token (device tensor) and draw the next one."""
+        self.sampler.add(token)
+        return self.sampler.draw(self.decoder.step(token), banned)
 
     def _clean(self, generated: List[int]):
         text = self.prompt.decode(generated)

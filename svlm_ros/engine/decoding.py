@@ -1,0 +1,159 @@
+"""Token-by-token decoding over the streaming cache, in three modes.
+
+  dynamic     each token goes through the model's forward over exactly the cached tokens; shapes
+              change every token. The CPU default (static measured the same there).
+  static      every step has the same shapes and buffers: the new key/value is written at a slot
+              held in a device tensor, attention runs over the whole preallocated buffer with a
+              mask of live slots, and the slot and position advance on the device.
+  cuda_graph  the static step captured once as a CUDA graph and replayed per token: no Python or
+              kernel-launch overhead per token. Captured again only when the cache's buffers are
+              reallocated (they grow by doubling, so rarely). Each capture is replayed once against
+              the uncaptured step; a capture that fails or disagrees falls back to static with a
+              warning.
+
+All three feed the same tokens at the same positions, so they leave the same cache (test:
+test_engine_oracle.py runs the oracle against dynamic and static).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+
+from ..config import DECODE_MODES
+from .kv_cache import StreamingKVCache
+
+log = logging.getLogger(__name__)
+
+GRAPH_WARMUP_STEPS = 2  # CUDA graphs are captured after a few eager runs on a side stream
+
+
+def resolve_decode_mode(name: str, device: torch.device) -> str:
+    if name not in DECODE_MODES:
+        raise ValueError(f"unknown decode mode {name!r}; use one of {', '.join(DECODE_MODES)}")
+    if name == "auto":
+        return "cuda_graph" if device.type == "cuda" else "dynamic"
+    if name == "cuda_graph" and device.type != "cuda":
+        raise ValueError(f"decode mode 'cuda_graph' needs a CUDA device, the model is on {device}; "
+                         "use 'static' or 'dynamic'")
+    return name
+
+
+class DynamicDecoder:
+    """One forward per token over exactly the cached tokens (see the module docstring)."""
+
+    queues_ahead = False  # the host reads each token before the next step is queued
+    mode = "dynamic"
+
+    def __init__(self, forward, embed):
+        self._forward = forward  # (embeds (n, hidden), positions (3, n)) -> last logits
+        self._embed = embed
+
+    def begin(self, cache: StreamingKVCache, position: int, budget: int) -> None:
+        self._cache = cache
+        self._start = cache.get_seq_length()
+        self._position = position
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        positions = torch.full((3, 1), self._position, dtype=torch.long, device=token.device)
+        self._position += 1
+        return self._forward(self._embed(token), positions)
+
+    def end(self, fed: int) -> None:
+        """`fed`: how many decoded tokens the cache should hold (steps beyond are dropped)."""
+        self._cache.set_length(self._start + fed)
+
+
+class StaticDecoder:
+    """Fixed-shape decode steps over the whole buffer; optionally captured as a CUDA graph."""
+
+    def __init__(self, language_model, lm_head, embed, device: torch.device, use_cuda_graph: bool):
+        self._language_model = language_model
+        self._lm_head = lm_head
+        self._embed = embed
+        self.use_cuda_graph = use_cuda_graph
+        self.queues_ahead = device.type == "cuda"  # queue step n+1 before reading token n back
+        self._token = torch.zeros(1, dtype=torch.long, device=device)
+        self._slot = torch.zeros(1, dtype=torch.long, device=device)
+        self._position = torch.zeros(3, 1, 1, dtype=torch.long, device=device)
+        self._slots: Optional[torch.Tensor] = None  # arange(capacity), for the live-slot mask
+        self._graph = None
+        self._graph_key = None
+        self._logits: Optional[torch.Tensor] = None
+
+    @property
+    def mode(self) -> str:
+        return "cuda_graph" if self.use_cuda_graph else "static"
+
+    def begin(self, cache: StreamingKVCache, position: int, budget: int) -> None:
+        """Prepare `budget` steps after the cache's current end, at RoPE position `position`."""
+        self._cache = cache
+        self._start = cache.get_seq_length()
+        cache.reserve(self._start + budget)
+        if self._slots is None or self._slots.shape[0] != cache.capacity:
+            self._slots = torch.arange(cache.capacity, device=self._token.device)
+        self._slot.fill_(self._start)
+        self._position.fill_(position)
+        if self.use_cuda_graph and self._graph_key != cache.buffers_key():
+            self._capture()
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        self._token.copy_(token)
+        if self._graph is not None:
+            self._graph.replay()
+            return self._logits
+        return self._run()
+
+    def end(self, fed: int) -> None:
+        self._cache.set_length(self._start + fed)
+
+    def _run(self) -> torch.Tensor:
+        live = (self._slots <= self._slot).view(1, 1, 1, -1)
+        with self._cache.static_writes(self._slot):
+            output = self._language_model(
+                inputs_embeds=self._embed(self._token)[None], position_ids=self._position,
+                attention_mask=live, past_key_values=self._cache, use_cache=True,
+            )
+        logits = self._lm_head(output.last_hidden_state[0, -1])
+        self._slot.add_(1)
+        self._position.add_(1)
+        return logits
+
+    def _capture(self) -> None:
+        self._graph = None
+        saved = (self._slot.clone(), self._position.clone())
+
+        def rewind():  # warm-up and check steps write past the cache's end only: harmless
+            self._slot.copy_(saved[0])
+            self._position.copy_(saved[1])
+
+        try:
+            side = torch.cuda.Stream(self._token.device)
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(GRAPH_WARMUP_STEPS):
+                    self._run()
+                    rewind()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._logits = self._run()
+            # A graph that captured a value instead of an input would decode wrongly without
+            # failing: replay once against the uncaptured step before trusting it.
+            rewind()
+            expected = self._run().float()
+            rewind()
+            graph.replay()
+            if not torch.allclose(self._logits.float(), expected, rtol=1e-3, atol=1e-3):
+                raise RuntimeError("the replayed graph's logits differ from the uncaptured step's")
+        except Exception as error:  # a model or torch build that cannot be captured still decodes
+            log.warning("CUDA graph capture failed (%s); decoding without a graph (decode mode 'static')", error)
+            self.use_cuda_graph = False
+            self._logits = None
+        else:
+            self._graph = graph
+            self._graph_key = self._cache.buffers_key()
+            log.info("captured the decode step as a CUDA graph over %d cache slots", self._cache.capacity)
+        finally:
+            rewind()
