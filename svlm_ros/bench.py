@@ -9,7 +9,8 @@ Strategies, run one after another in this process on the same synthetic video:
              (sliding window with recompute, the paper's baseline: the window's video goes through
              the vision tower again; --recompute-reuses-vision keeps the features, so only the
              LLM redoes work). The summary reports LLM prefill alone as well as vision + prefill.
-  full       no eviction at all, until --baseline-seconds or --full-token-limit.
+  full       no eviction at all, until --baseline-seconds, --full-token-limit, --full-memory-limit-mib
+             or out of memory.
 Decoding is forced to exactly --tokens tokens per second so every strategy does the same work.
 """
 from __future__ import annotations
@@ -58,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recompute-reuses-vision", action="store_true",
                         help="recompute keeps each window's vision features instead of re-encoding its frames")
     parser.add_argument("--full-token-limit", type=int, default=200_000, help="stop `full` past this cache size")
+    parser.add_argument("--full-memory-limit-mib", type=float, default=None,
+                        help="stop `full` once its peak memory (CUDA max allocated, or process RSS on CPU) passes this")
     parser.add_argument("--time-limit-s", type=float, default=900.0, help="stop a baseline after this long")
 
 
@@ -161,6 +164,11 @@ def run_strategy(name, loaded, args, seconds):
         if name == "full" and result.cache_tokens > args.full_token_limit:
             stop_reason = f"token limit after {second + 1} s"
             break
+        if name == "full" and args.full_memory_limit_mib is not None:
+            used = torch.cuda.max_memory_allocated() if cuda else record["rss_bytes"][-1]
+            if used > args.full_memory_limit_mib * 2**20:
+                stop_reason = f"memory limit after {second + 1} s"
+                break
         if (second + 1) % 60 == 0:
             log.info("%s: %d s streamed, last latency %.3f s, cache %d tokens",
                      name, second + 1, result.latency_s, result.cache_tokens)

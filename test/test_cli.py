@@ -71,3 +71,15 @@ def test_bench_writes_json_and_plot(tmp_path):
     assert all(t == 3 for t in [data["config"]["tokens_per_second"]])
     assert (tmp_path / "bench.png").stat().st_size > 1000
     assert "streaming" in completed.stdout and "ms/token" in completed.stdout
+
+
+def test_bench_decode_mode_and_full_memory_limit(tmp_path):
+    completed = run("bench", "--model", "tiny-random", "--seconds", "2", "--baseline-seconds", "5",
+                    "--width", "64", "--height", "64", "--tokens", "3", "--strategies", "streaming", "rerotate",
+                    "full", "--decode", "static", "--full-memory-limit-mib", "1", "--out", str(tmp_path))
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    strategies = json.loads((tmp_path / "bench.json").read_text())["strategies"]
+    assert strategies["streaming"]["decode_mode"] == "static"
+    assert strategies["rerotate"]["decode_mode"] == "dynamic"  # its rotation lives in the per-token forward
+    assert strategies["full"]["stop_reason"] == "memory limit after 1 s"
+    assert strategies["full"]["seconds_run"] == 1
