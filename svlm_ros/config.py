@@ -132,6 +132,7 @@ class NodeConfig:
     publish_silent: bool = True  # publish silent windows with silent=true
     publish_text: bool = True  # also publish the text alone on ~/text
     autostart: bool = True  # configure and activate on start, without a lifecycle manager
+    warm_up: bool = True  # at configure, describe one blank window per camera and forget it
     max_queued_windows: int = 1  # per camera; when inference falls behind, older windows are skipped
     camera_timeout_s: float = 5.0  # WARN when a camera sends nothing for this long
     restart_after_s: float = 2.0  # a jump back in sensor time larger than this starts a fresh stream

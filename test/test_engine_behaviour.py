@@ -165,3 +165,14 @@ def test_queued_decoding_leaves_the_same_cache_as_plain_decoding(tiny_model, rng
     for plain_layer, queued_layer in zip(plain.cache.layers, queued.cache.layers, strict=True):
         assert torch.allclose(plain_layer.keys, queued_layer.keys, atol=1e-5)
         assert torch.allclose(plain_layer.values, queued_layer.values, atol=1e-5)
+
+
+def test_warm_up_leaves_a_fresh_stream(tiny_model, rng):
+    warmed, fresh = make_session(tiny_model), make_session(tiny_model)
+    warmed.config.generation.do_sample = fresh.config.generation.do_sample = False
+    assert warmed.warm_up() > 0
+    assert warmed.window_count == 0 and warmed.cache_tokens == 0 and not warmed.table.segments
+    frames = random_frames(rng)
+    first, expected = warmed.step(frames, 0.0, 1.0), fresh.step(frames, 0.0, 1.0)
+    assert first.index == 0 and first.text == expected.text
+    assert warmed.table.tokens().tolist() == fresh.table.tokens().tolist()  # the instruction is sent

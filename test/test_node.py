@@ -17,6 +17,7 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
+from svlm_ros.engine.session import StreamSession
 from svlm_ros.msg import Description
 from svlm_ros.node.svlm_node import SvlmNode
 from svlm_ros.srv import Ask
@@ -252,6 +253,29 @@ def test_a_model_that_fails_to_load_is_an_error_state(harness, tmp_path):
                          for a in h.diagnostics for s in a.status))
     state = h.call(GetState, "/svlm/get_state", GetState.Request()).current_state
     assert state.label == "unconfigured"  # the lifecycle state a ROS user sees
+
+
+def test_configure_warms_each_camera_up_and_starts_its_stream_fresh(harness, monkeypatch):
+    warmed = []
+    original = StreamSession.warm_up
+    monkeypatch.setattr(StreamSession, "warm_up", lambda session: warmed.append(session) or original(session))
+    h = harness()
+    assert h.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    session = h.node.scheduler.cameras[RAW].session
+    assert warmed == [session]
+    assert session.window_count == 0 and session.cache_tokens == 0 and not session.table.segments
+
+
+def test_a_failed_warm_up_is_an_error_state(harness, monkeypatch):
+    def fail(session):
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(StreamSession, "warm_up", fail)
+    h = harness()
+    assert h.node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "warm-up" in h.node.model_error and "out of memory" in h.node.model_error
+    assert h.node.scheduler is None and h.node.loaded is None
+    wait_for(lambda: any(s.level == s.ERROR and "warm-up" in s.message for a in h.diagnostics for s in a.status))
 
 
 def test_parameters_are_validated(harness):

@@ -16,7 +16,7 @@ import torch
 
 from ..config import EngineConfig
 from .decoding import DynamicDecoder, StaticDecoder, resolve_decode_mode
-from .frames import MERGE_SIZE, VisionInput, preprocess_frames
+from .frames import GRID_UNIT, MERGE_SIZE, VisionInput, preprocess_frames
 from .kv_cache import StreamingKVCache
 from .models import LoadedModel
 from .prompt import PromptBuilder
@@ -113,6 +113,18 @@ class StreamSession:
         self._last_end_s = 0.0
         self._instruction_pending = True
         self.last_logits = None
+
+    def warm_up(self) -> float:
+        """Describe one blank window and forget it; returns the seconds it took.
+
+        The first window of a process pays one-time costs (allocator growth, kernel selection,
+        CUDA graph capture); paying them here keeps them out of the first real window. The
+        stream then starts fresh, with the standing instruction still to be sent."""
+        started = time.perf_counter()
+        blank = np.zeros((GRID_UNIT, GRID_UNIT, 3), dtype=np.uint8)  # scaled up to min_pixels
+        self.step([blank] * self.config.frames.frames_per_window, 0.0, self.config.frames.window_seconds)
+        self.reset()
+        return time.perf_counter() - started
 
     def set_instruction(self, text: str) -> None:
         """Replace the standing instruction; it is sent with the next window's user turn."""

@@ -112,6 +112,8 @@ class SvlmNode(LifecycleNode):
             self.get_logger().warning(f"{model_config.model} has random weights: its descriptions are meaningless "
                                       "words. Set the parameter `model` to a StreamingVLM checkpoint directory.")
         self.scheduler = Scheduler(self.loaded, engine_config, node_config, self._publish, node_config.image_topics)
+        if node_config.warm_up and not self._warm_up():
+            return TransitionCallbackReturn.FAILURE
         self._description_pub = self.create_publisher(Description, "~/description", 10)
         self._text_pub = self.create_publisher(String, "~/text", 10)
         self._svlm_services = [
@@ -119,6 +121,22 @@ class SvlmNode(LifecycleNode):
             self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._service_group),
         ]
         return TransitionCallbackReturn.SUCCESS
+
+    def _warm_up(self) -> bool:
+        """One blank window per camera session, so the first real window is not the slow one."""
+        for name, stream in self.scheduler.cameras.items():
+            try:
+                seconds = stream.session.warm_up()
+            except Exception as error:
+                self.model_error = (f"model {self.loaded.name!r} failed its warm-up window for {name}: {error}; "
+                                    "set warm_up:=false to skip the warm-up, or fix the model settings")
+                self.model_status = "failed"
+                self.get_logger().error(self.model_error)
+                self.scheduler = None
+                self.loaded = None
+                return False
+            self.get_logger().info(f"warmed up {name} in {seconds:.2f} s ({stream.session.decode_mode} decoding)")
+        return True
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         node_config = self.node_config
