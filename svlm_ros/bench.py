@@ -54,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--attn", default="auto")
     parser.add_argument("--decode", default="auto", choices=DECODE_MODES,
-                        help="decode mode (auto: cuda_graph on CUDA, dynamic on CPU); rerotate always "
-                             "decodes dynamic, since its rotation runs in the per-token forward")
+                        help="decode mode (auto: cuda_graph on CUDA with sdpa attention, else dynamic); "
+                             "rerotate always decodes dynamic, since its rotation runs in the per-token forward")
     parser.add_argument("--recompute-reuses-vision", action="store_true",
                         help="recompute keeps each window's vision features instead of re-encoding its frames")
     parser.add_argument("--full-token-limit", type=int, default=200_000, help="stop `full` past this cache size")

@@ -10,7 +10,7 @@ from typing import Optional
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 DEFAULT_INSTRUCTION = "Describe what the camera shows, second by second."
-# auto: cuda_graph on CUDA, dynamic elsewhere (engine/decoding.py explains each)
+# auto: cuda_graph on CUDA with sdpa/eager attention, dynamic otherwise (engine/decoding.py explains each)
 DECODE_MODES = ("auto", "dynamic", "static", "cuda_graph")
 
 

@@ -35,7 +35,17 @@ def assert_same_stream(first, second):
         assert torch.allclose(a_layer.values, b_layer.values, atol=1e-4)
 
 
-def test_static_decoding_equals_dynamic_while_the_buffers_grow(tiny_model):
+@pytest.fixture(scope="module")
+def tiny_eager_model():
+    from svlm_ros.config import ModelConfig
+    from svlm_ros.engine.models import load_model
+
+    return load_model(ModelConfig(model="tiny-random", device="cpu", dtype="float32", attn_implementation="eager"))
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_model", "tiny_eager_model"], ids=["sdpa", "eager"])
+def test_static_decoding_equals_dynamic_while_the_buffers_grow(model_fixture, request):
+    tiny_model = request.getfixturevalue(model_fixture)
     dynamic = stream(tiny_model, "dynamic", np.random.default_rng(5))
     static = stream(tiny_model, "static", np.random.default_rng(5))
     assert static[0].cache.capacity > 16, "the buffers did not grow during the stream"
@@ -50,6 +60,11 @@ def test_decode_mode_is_resolved_per_device_and_checked():
         resolve_decode_mode("cuda_graph", torch.device("cpu"))
     with pytest.raises(ValueError, match="decode_mode must be one of"):
         GenerationConfig(decode_mode="fast").validate()
+    # Flash kernels take no slot mask: auto decodes dynamic, static modes are refused with the fix.
+    assert resolve_decode_mode("auto", torch.device("cuda"), "flash_attention_2") == "dynamic"
+    with pytest.raises(ValueError, match="set attn_implementation to sdpa"):
+        resolve_decode_mode("cuda_graph", torch.device("cuda"), "flash_attention_2")
+    assert resolve_decode_mode("static", torch.device("cpu"), "eager") == "static"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")

@@ -4,7 +4,8 @@
               change every token. The CPU default (static measured the same there).
   static      every step has the same shapes and buffers: the new key/value is written at a slot
               held in a device tensor, attention runs over the whole preallocated buffer with a
-              mask of live slots, and the slot and position advance on the device.
+              mask of live slots, and the slot and position advance on the device. Needs sdpa or
+              eager attention in the language model (flash kernels take no such mask).
   cuda_graph  the static step captured once as a CUDA graph and replayed per token: no Python or
               kernel-launch overhead per token. Captured again only when the cache's buffers are
               reallocated (they grow by doubling, so rarely). Each capture is replayed once against
@@ -29,14 +30,29 @@ log = logging.getLogger(__name__)
 GRAPH_WARMUP_STEPS = 2  # CUDA graphs are captured after a few eager runs on a side stream
 
 
-def resolve_decode_mode(name: str, device: torch.device) -> str:
+# Static steps pass a 4-D additive mask of live slots; flash-attention kernels take no such mask.
+MASKED_ATTENTION = ("sdpa", "eager")
+
+
+def resolve_decode_mode(name: str, device: torch.device, text_attention: str = "sdpa") -> str:
     if name not in DECODE_MODES:
         raise ValueError(f"unknown decode mode {name!r}; use one of {', '.join(DECODE_MODES)}")
+    masked = text_attention in MASKED_ATTENTION
     if name == "auto":
-        return "cuda_graph" if device.type == "cuda" else "dynamic"
+        if device.type != "cuda":
+            return "dynamic"
+        if not masked:
+            log.info("decode mode auto: %s attention takes no slot mask, so decoding is dynamic "
+                     "(attn_implementation sdpa enables CUDA graphs)", text_attention)
+            return "dynamic"
+        return "cuda_graph"
     if name == "cuda_graph" and device.type != "cuda":
         raise ValueError(f"decode mode 'cuda_graph' needs a CUDA device, the model is on {device}; "
                          "use 'static' or 'dynamic'")
+    if name in ("static", "cuda_graph") and not masked:
+        raise ValueError(f"decode mode {name!r} needs the language model's attention to be one of "
+                         f"{', '.join(MASKED_ATTENTION)} (it is {text_attention!r}); set attn_implementation "
+                         "to sdpa, or use decode mode 'dynamic'")
     return name
 
 
@@ -90,6 +106,7 @@ class StaticDecoder:
         """Prepare `budget` steps after the cache's current end, at RoPE position `position`."""
         self._cache = cache
         self._start = cache.get_seq_length()
+        self._dtype = cache.layers[0].dtype
         cache.reserve(self._start + budget)
         if self._slots is None or self._slots.shape[0] != cache.capacity:
             self._slots = torch.arange(cache.capacity, device=self._token.device)
@@ -109,7 +126,10 @@ class StaticDecoder:
         self._cache.set_length(self._start + fed)
 
     def _run(self) -> torch.Tensor:
-        live = (self._slots <= self._slot).view(1, 1, 1, -1)
+        # Additive, in the model's dtype: the form both sdpa and eager attention add to scores.
+        dead = torch.full((1, 1, 1, self._slots.shape[0]), torch.finfo(self._dtype).min, dtype=self._dtype,
+                          device=self._slots.device)
+        live = dead.masked_fill((self._slots <= self._slot).view(1, 1, 1, -1), 0.0)
         with self._cache.static_writes(self._slot):
             output = self._language_model(
                 inputs_embeds=self._embed(self._token)[None], position_ids=self._position,

@@ -90,7 +90,8 @@ class StreamSession:
         self._embed = self.model.get_input_embeddings()
         self._time_step = loaded.time_step(self.config.frames.fps)
         self.sampler = Sampler(self.config.generation, text_config.vocab_size, self.device)
-        decode_mode = resolve_decode_mode(self.config.generation.decode_mode, self.device)
+        decode_mode = resolve_decode_mode(self.config.generation.decode_mode, self.device,
+                                          text_config._attn_implementation)
         if decode_mode == "dynamic":
             self.decoder = DynamicDecoder(self._forward, self._embed)
         else:
