@@ -107,7 +107,7 @@ class StaticDecoder:
         self._cache = cache
         self._start = cache.get_seq_length()
         self._dtype = cache.layers[0].dtype
-        cache.reserve(self._start + budget)
+        cache.reserve(self._start + budget + 1)  # + 1: the capture check writes one slot further
         if self._slots is None or self._slots.shape[0] != cache.capacity:
             self._slots = torch.arange(cache.capacity, device=self._token.device)
         self._slot.fill_(self._start)
@@ -144,9 +144,9 @@ class StaticDecoder:
         self._graph = None
         saved = (self._slot.clone(), self._position.clone())
 
-        def rewind():  # warm-up and check steps write past the cache's end only: harmless
-            self._slot.copy_(saved[0])
-            self._position.copy_(saved[1])
+        def rewind(offset: int = 0):  # warm-up and check steps write past the cache's end only
+            self._slot.copy_(saved[0] + offset)
+            self._position.copy_(saved[1] + offset)
 
         try:
             side = torch.cuda.Stream(self._token.device)
@@ -159,11 +159,13 @@ class StaticDecoder:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 self._logits = self._run()
-            # A graph that captured a value instead of an input would decode wrongly without
-            # failing: replay once against the uncaptured step before trusting it.
-            rewind()
+            # A graph that froze a value instead of reading its input would decode wrongly
+            # without failing: check one replay against the uncaptured step, on inputs (token,
+            # slot, position) other than those seen at capture.
+            self._token.bitwise_xor_(1)
+            rewind(offset=1)
             expected = self._run().float()
-            rewind()
+            rewind(offset=1)
             graph.replay()
             if not torch.allclose(self._logits.float(), expected, rtol=1e-3, atol=1e-3):
                 raise RuntimeError("the replayed graph's logits differ from the uncaptured step's")
