@@ -83,3 +83,15 @@ def test_bench_decode_mode_and_full_memory_limit(tmp_path):
     assert strategies["rerotate"]["decode_mode"] == "dynamic"  # its rotation lives in the per-token forward
     assert strategies["full"]["stop_reason"] == "memory limit after 1 s"
     assert strategies["full"]["seconds_run"] == 1
+
+
+def test_gpu_bench_script_refuses_clearly_without_a_gpu():
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_bench.sh"
+    unknown = subprocess.run([str(script), "fastest"], capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 2 and "unknown stage fastest" in unknown.stderr
+    import torch
+
+    if not torch.cuda.is_available():
+        no_gpu = subprocess.run([str(script), "check"], capture_output=True, text=True, timeout=120,
+                                env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+        assert no_gpu.returncode == 1 and "no CUDA device visible to torch" in no_gpu.stderr
