@@ -56,10 +56,24 @@ def resolve_decode_mode(name: str, device: torch.device, text_attention: str = "
     return name
 
 
-class DynamicDecoder:
+class _Decoder:
+    """begin() before a turn's first step, step() per token, end() after the last."""
+
+    queues_ahead = False  # True: the loop queues step n+1 before reading token n back
+
+    def begin(self, cache: StreamingKVCache, position: int, budget: int) -> None:
+        """Prepare up to `budget` steps after the cache's current end, at RoPE position `position`."""
+        self._cache = cache
+        self._start = cache.get_seq_length()
+
+    def end(self, fed: int) -> None:
+        """`fed`: how many decoded tokens the cache keeps (steps beyond are dropped)."""
+        self._cache.set_length(self._start + fed)
+
+
+class DynamicDecoder(_Decoder):
     """One forward per token over exactly the cached tokens (see the module docstring)."""
 
-    queues_ahead = False  # the host reads each token before the next step is queued
     mode = "dynamic"
 
     def __init__(self, forward, embed):
@@ -67,8 +81,7 @@ class DynamicDecoder:
         self._embed = embed
 
     def begin(self, cache: StreamingKVCache, position: int, budget: int) -> None:
-        self._cache = cache
-        self._start = cache.get_seq_length()
+        super().begin(cache, position, budget)
         self._position = position
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
@@ -76,12 +89,8 @@ class DynamicDecoder:
         self._position += 1
         return self._forward(self._embed(token), positions)
 
-    def end(self, fed: int) -> None:
-        """`fed`: how many decoded tokens the cache should hold (steps beyond are dropped)."""
-        self._cache.set_length(self._start + fed)
 
-
-class StaticDecoder:
+class StaticDecoder(_Decoder):
     """Fixed-shape decode steps over the whole buffer; optionally captured as a CUDA graph."""
 
     def __init__(self, language_model, lm_head, embed, device: torch.device, use_cuda_graph: bool):
@@ -103,9 +112,7 @@ class StaticDecoder:
         return "cuda_graph" if self.use_cuda_graph else "static"
 
     def begin(self, cache: StreamingKVCache, position: int, budget: int) -> None:
-        """Prepare `budget` steps after the cache's current end, at RoPE position `position`."""
-        self._cache = cache
-        self._start = cache.get_seq_length()
+        super().begin(cache, position, budget)
         self._dtype = cache.layers[0].dtype
         cache.reserve(self._start + budget + 1)  # + 1: the capture check writes one slot further
         if self._slots is None or self._slots.shape[0] != cache.capacity:
@@ -121,9 +128,6 @@ class StaticDecoder:
             self._graph.replay()
             return self._logits
         return self._run()
-
-    def end(self, fed: int) -> None:
-        self._cache.set_length(self._start + fed)
 
     def _run(self) -> torch.Tensor:
         # Additive, in the model's dtype: the form both sdpa and eager attention add to scores.

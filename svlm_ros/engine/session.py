@@ -278,15 +278,11 @@ class StreamSession:
         decoder.begin(self.cache, self.table.end_position, budget=limit)
         generated: List[int] = []
         truncated = False
-        fed = 0
         token = sampler.draw(logits, banned)
         while True:
-            # When the decoder queues ahead, step n+1 is on the device before token n is read
-            # back here; if token n ends the turn, that step's key/value is dropped by end().
-            queued = decoder.queues_ahead and len(generated) + 1 < limit
-            if queued:
-                next_token = self._feed(token, banned)
-                fed += 1
+            # On a GPU step n+1 is queued before token n is read back here, so the device never
+            # waits on the host; if token n ends the turn, end() drops that step's key/value.
+            ahead = self._feed(token, banned) if decoder.queues_ahead and len(generated) + 1 < limit else None
             value = int(token)
             if value == im_end:
                 break
@@ -294,11 +290,9 @@ class StreamSession:
             if len(generated) >= limit:
                 truncated = not force_length
                 break
-            if not queued:
-                next_token = self._feed(token, banned)
-                fed += 1
-            token = next_token
-        decoder.end(min(fed, len(generated)))
+            token = ahead if ahead is not None else self._feed(token, banned)
+        # Every word was fed except the last one when the limit cut the answer.
+        decoder.end(len(generated) - (len(generated) >= limit))
         # The words and <|im_end|>\n join the table; what decoding has not fed yet (the last
         # word when truncated, and the turn's end) is fed in one forward so the cache matches.
         closing = []

@@ -132,8 +132,7 @@ class SvlmNode(LifecycleNode):
                                     "set warm_up:=false to skip the warm-up, or fix the model settings")
                 self.model_status = "failed"
                 self.get_logger().error(self.model_error)
-                self.scheduler = None
-                self.loaded = None
+                self.release()
                 return False
             self.get_logger().info(f"warmed up {name} in {seconds:.2f} s ({stream.session.decode_mode} decoding)")
         return True
