@@ -56,7 +56,7 @@ def test_silence_is_reported_and_the_turn_closed(tiny_model, rng, decode_mode):
     result = session.step(random_frames(rng), 0.0, 1.0)
     assert result.silent and result.text == "" and not result.truncated
     turn = last_turn_tokens(session)
-    assert turn[Kind.ASSISTANT_TEXT] == silence
+    assert Kind.ASSISTANT_TEXT not in turn and turn[Kind.SILENCE_MARKER] == silence
     assert turn[Kind.ASSISTANT_CLOSE] == session.prompt.turn_close()
     assert session.cache_tokens == session.table.length
 

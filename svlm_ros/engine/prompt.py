@@ -2,6 +2,9 @@
 
 Every special id comes from the tokenizer. Text between special tokens is encoded piece by piece,
 which gives the same ids as encoding the whole prompt: the tokenizer splits on special tokens first.
+
+Times in the prompt are seconds since the stream started (`Time=0.0-1.0s` for its first window),
+as StreamingVLM was trained; sensor stamps never enter the prompt.
 """
 from __future__ import annotations
 
@@ -11,6 +14,12 @@ from typing import List
 import numpy as np
 
 PREVIOUS_TEXT_ROLE = "previous text"
+QUESTION_LABEL = "Question: "
+
+
+def time_span(start_s: float, end_s: float) -> str:
+    """The time text of a window, in seconds since the stream started."""
+    return f"Time={start_s:.1f}-{end_s:.1f}s"
 
 
 @dataclass(frozen=True)
@@ -64,7 +73,16 @@ class PromptBuilder:
         return [self.special.im_end, *self.newline]
 
     def user_open(self, start_s: float, end_s: float) -> List[int]:
-        return [self.special.im_start, *self.encode(f"user\nTime={start_s:.1f}-{end_s:.1f}s")]
+        """A window's user turn up to its video: `<|im_start|>user\nTime=12.0-13.0s`."""
+        return [self.special.im_start, *self.encode(f"user\n{time_span(start_s, end_s)}")]
+
+    def question_open(self, at_s: float) -> List[int]:
+        """A question's user turn up to the question: `<|im_start|>user\nTime=13.0s\nQuestion: `.
+
+        A question has no video and no span, so it carries the instant it was asked on a line of
+        its own and the question after a label, instead of a zero-length `Time=13.0-13.0s`
+        glued to the question's first word."""
+        return [self.special.im_start, *self.encode(f"user\nTime={at_s:.1f}s\n{QUESTION_LABEL}")]
 
     def vision(self, token_count: int) -> np.ndarray:
         ids = np.full(token_count + 2, self.special.video_pad, dtype=np.int64)

@@ -27,6 +27,7 @@ class Kind(enum.Enum):
     USER_CLOSE = "user_close"  # <|im_end|>\n
     ASSISTANT_OPEN = "assistant_open"  # <|im_start|>assistant\n
     ASSISTANT_TEXT = "assistant_text"  # generated words
+    SILENCE_MARKER = "silence_marker"  # the answer's trailing ` ...`, kept apart from its words
     ASSISTANT_CLOSE = "assistant_close"  # <|im_end|>\n
 
 
@@ -175,9 +176,11 @@ class SegmentTable:
             elif segment.kind is Kind.ASSISTANT_TEXT and text_gone:
                 moved.append(segment)
                 continue
-            elif segment.kind in (Kind.ASSISTANT_OPEN, Kind.ASSISTANT_CLOSE) and text_gone:
+            elif segment.kind in (Kind.ASSISTANT_OPEN, Kind.SILENCE_MARKER, Kind.ASSISTANT_CLOSE) and text_gone:
+                # Previous text is a plain transcript, as in training: words move, markers do not.
                 continue
-            elif segment.kind in (Kind.ASSISTANT_OPEN, Kind.ASSISTANT_TEXT, Kind.ASSISTANT_CLOSE):
+            elif segment.kind in (Kind.ASSISTANT_OPEN, Kind.ASSISTANT_TEXT, Kind.SILENCE_MARKER,
+                                  Kind.ASSISTANT_CLOSE):
                 turn_state[segment.turn][1] = True
             kept.append(segment)
         # A user turn whose vision and answer are both gone is deleted, its query too.

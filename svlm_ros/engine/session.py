@@ -3,6 +3,10 @@
 Each step evicts by age (segments.py), closes position gaps in the KV cache (kv_cache.py), runs
 the vision tower on the new window only, prefills the new user turn and decodes the answer, all
 through the model's public forward with explicit 3-D position_ids and past_key_values.
+
+Callers pass windows in their own clock (sensor stamps, seconds of a file); the prompt's time text
+counts seconds since the stream's first window, as StreamingVLM was trained, and every result
+keeps the caller's clock.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class WindowResult:
     index: int  # windows since the stream started
-    start_s: float
+    start_s: float  # in the caller's clock (sensor time in the node)
     end_s: float
     text: str  # the words, without the silence marker
     silent: bool  # the model said nothing new
@@ -50,7 +54,7 @@ class WindowResult:
 class Answer:
     text: str
     window: int  # the latest window the answer is based on (-1: no video yet)
-    end_s: float
+    end_s: float  # end of that window in the caller's clock
     generated_tokens: int
     truncated: bool
 
@@ -82,7 +86,9 @@ class StreamSession:
         self.prompt = PromptBuilder(loaded.tokenizer)
         self.device = loaded.device
         text_config = loaded.text_config
-        rotary = self.model.model.language_model.rotary_emb
+        self._decoder_model = self.model.get_decoder()  # the text model, through the public accessor
+        self._lm_head = self.model.get_output_embeddings()
+        rotary = self._decoder_model.rotary_emb
         if getattr(rotary, "attention_scaling", 1.0) != 1.0:
             raise ValueError("RoPE with attention scaling is not supported (keys are re-rotated on eviction)")
         self._inv_freq = rotary.inv_freq.to(self.device, torch.float32)
@@ -95,7 +101,7 @@ class StreamSession:
         if decode_mode == "dynamic":
             self.decoder = DynamicDecoder(self._forward, self._embed)
         else:
-            self.decoder = StaticDecoder(self.model.model.language_model, self.model.lm_head, self._embed,
+            self.decoder = StaticDecoder(self._decoder_model, self._lm_head, self._embed,
                                          self.device, use_cuda_graph=decode_mode == "cuda_graph")
         self.last_logits: Optional[torch.Tensor] = None
         self.reset()
@@ -112,6 +118,7 @@ class StreamSession:
         self.window_count = 0
         self._turn_count = 0
         self._last_end_s = 0.0
+        self._origin_s: Optional[float] = None  # the first window's start, in the caller's clock
         self._instruction_pending = True
         self.last_logits = None
 
@@ -146,11 +153,16 @@ class StreamSession:
         """Describe one window of video (its frames, RGB uint8) from start_s to end_s."""
         if not end_s >= start_s:
             raise ValueError(f"window end {end_s} is before its start {start_s}")
+        if self._origin_s is not None and start_s < self._origin_s:
+            raise ValueError(f"window start {start_s} is before this stream's first window ({self._origin_s}); "
+                             "call reset() to start a new stream when time goes back")
         frames_config = self.config.frames
         vision_input = preprocess_frames(frames, frames_config.min_pixels, frames_config.max_pixels,
                                          self.loaded.normalization)
         timer = _Timer(self.device)
         index = self.window_count
+        if self._origin_s is None:
+            self._origin_s = start_s
         with torch.inference_mode():
             with timer:
                 features = self._vision_features(vision_input)
@@ -159,14 +171,18 @@ class StreamSession:
                 self._append_turn(vision_input, start_s, end_s, user_text)
                 logits = self._forward_new(features)
             with timer:
-                generated, truncated = self._generate(logits, self._turn_count - 1, index,
-                                                      self.config.generation.max_new_tokens)
+                words, generated, truncated = self._generate(logits, self._turn_count - 1, index,
+                                                             self.config.generation.max_new_tokens)
         self.window_count += 1
         self._last_end_s = end_s
-        text, silent = self._clean(generated)
+        text = self.prompt.decode(words).strip()
         vision_s, prefill_s, decode_s = timer.seconds
-        return WindowResult(index, start_s, end_s, text, silent, truncated, len(generated),
+        return WindowResult(index, start_s, end_s, text, not text, truncated, generated,
                             vision_s, prefill_s, decode_s, self.cache_tokens, self.table.end_position)
+
+    def stream_seconds(self, clock_s: float) -> float:
+        """Seconds since the stream's first window of a time in the caller's clock (0 before it)."""
+        return 0.0 if self._origin_s is None else clock_s - self._origin_s
 
     def _append_turn(self, vision_input: VisionInput, start_s: float, end_s: float,
                      user_text: Optional[str]) -> None:
@@ -180,7 +196,8 @@ class StreamSession:
             query = f"{query}\n{user_text}" if query else user_text
         table, prompt = self.table, self.prompt
         new = self._head_segments() if not table.segments else []
-        new.append(table.new_segment(Kind.USER_OPEN, prompt.user_open(start_s, end_s), turn, index))
+        start, end = self.stream_seconds(start_s), self.stream_seconds(end_s)
+        new.append(table.new_segment(Kind.USER_OPEN, prompt.user_open(start, end), turn, index))
         grid_t, grid_h, grid_w = vision_input.grid_thw
         merged = (grid_t, grid_h // MERGE_SIZE, grid_w // MERGE_SIZE)
         new.append(table.new_segment(Kind.VISION, prompt.vision(vision_input.token_count), turn, index,
@@ -192,26 +209,43 @@ class StreamSession:
         table.append(new)
 
     def ask(self, question: str, max_new_tokens: Optional[int] = None) -> Answer:
-        """Answer a question from the current cache; the turn then ages like the current window."""
-        if not question.strip():
+        """Answer a question from the current cache; the turn then ages like the current window.
+
+        A question that fails part-way leaves the stream as it was before it was asked."""
+        question = question.strip()
+        if not question:
             raise ValueError("the question is empty")
+        question_ids = self.prompt.encode(question)
+        limit_tokens = self.config.prompt.max_question_tokens
+        if len(question_ids) > limit_tokens:
+            raise ValueError(f"the question is {len(question_ids)} tokens long, more than "
+                             f"prompt.max_question_tokens={limit_tokens}; shorten it or raise that limit")
         window = max(self.window_count - 1, 0)
-        with torch.inference_mode():
-            turn = self._new_turn()
-            new = self._head_segments() if not self.table.segments else []
-            new += [
-                self.table.new_segment(Kind.USER_OPEN, self.prompt.user_open(self._last_end_s, self._last_end_s),
-                                       turn, window),
-                self.table.new_segment(Kind.QUERY, self.prompt.encode(question), turn, window),
-                self.table.new_segment(Kind.USER_CLOSE, self.prompt.turn_close(), turn, window),
-                self.table.new_segment(Kind.ASSISTANT_OPEN, self.prompt.assistant_open(), turn, window),
-            ]
-            self.table.append(new)
-            logits = self._forward_new(None)
-            limit = max_new_tokens or self.config.generation.answer_max_new_tokens
-            generated, truncated = self._generate(logits, turn, window, limit)
-        text = self.prompt.decode(generated).strip()
-        return Answer(text, self.window_count - 1, self._last_end_s, len(generated), truncated)
+        saved = (list(self.table.segments), self.table.next_uid, self._turn_count, self.cache_tokens)
+        try:
+            with torch.inference_mode():
+                turn = self._new_turn()
+                new = self._head_segments() if not self.table.segments else []
+                new += [
+                    self.table.new_segment(Kind.USER_OPEN, self.prompt.question_open(
+                        self.stream_seconds(self._last_end_s)), turn, window),
+                    self.table.new_segment(Kind.QUERY, question_ids, turn, window),
+                    self.table.new_segment(Kind.USER_CLOSE, self.prompt.turn_close(), turn, window),
+                    self.table.new_segment(Kind.ASSISTANT_OPEN, self.prompt.assistant_open(), turn, window),
+                ]
+                self.table.append(new)
+                logits = self._forward_new(None)
+                limit = max_new_tokens or self.config.generation.answer_max_new_tokens
+                words, generated, truncated = self._generate(logits, turn, window, limit)
+        except BaseException:
+            # Nothing before the question moved (a question evicts nothing), so dropping what it
+            # appended restores the table, and cutting the cache back to its old length its K/V.
+            self.table.segments, self.table.next_uid, self._turn_count, length = saved
+            self.cache.set_length(length)
+            self.last_logits = None
+            raise
+        text = self.prompt.decode(words).strip()
+        return Answer(text, self.window_count - 1, self._last_end_s, generated, truncated)
 
     # ----- internals --------------------------------------------------------------------------
     def _new_turn(self) -> int:
@@ -237,7 +271,7 @@ class StreamSession:
     def _vision_features(self, vision_input: VisionInput) -> torch.Tensor:
         pixels = torch.from_numpy(vision_input.pixel_values).to(self.device, self.loaded.dtype)
         grid = torch.tensor([vision_input.grid_thw], device=self.device)
-        output = self.model.model.get_video_features(pixels, grid)
+        output = self.model.get_video_features(pixels, grid)
         pooled = output.pooler_output if hasattr(output, "pooler_output") else output
         return torch.cat(list(pooled), dim=0) if isinstance(pooled, (list, tuple)) else pooled
 
@@ -260,16 +294,19 @@ class StreamSession:
         return self._forward(embeds, torch.from_numpy(positions).to(self.device))
 
     def _forward(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        output = self.model.model.language_model(
+        output = self._decoder_model(
             inputs_embeds=embeds[None], position_ids=positions[:, None, :],
             past_key_values=self.cache, use_cache=True,
         )
-        logits = self.model.lm_head(output.last_hidden_state[0, -1])
+        logits = self._lm_head(output.last_hidden_state[0, -1])
         self.last_logits = logits
         return logits
 
     def _generate(self, logits: torch.Tensor, turn: int, window: int, limit: int):
-        """Decode up to `limit` tokens; then record the answer and close the turn in the cache."""
+        """Decode up to `limit` tokens; then record the answer and close the turn in the cache.
+
+        Returns (the answer's word ids without a trailing silence marker, tokens generated,
+        truncated)."""
         im_end = self.prompt.special.im_end
         force_length = self.config.generation.ignore_end_of_turn
         banned = im_end if force_length else None
@@ -295,23 +332,36 @@ class StreamSession:
         decoder.end(len(generated) - (len(generated) >= limit))
         # The words and <|im_end|>\n join the table; what decoding has not fed yet (the last
         # word when truncated, and the turn's end) is fed in one forward so the cache matches.
+        words, marker = self._split_marker(generated)
         closing = []
-        if generated:
-            closing.append(self.table.new_segment(Kind.ASSISTANT_TEXT, generated, turn, window))
+        if words:
+            closing.append(self.table.new_segment(Kind.ASSISTANT_TEXT, words, turn, window))
+        if marker:
+            closing.append(self.table.new_segment(Kind.SILENCE_MARKER, marker, turn, window))
         closing.append(self.table.new_segment(Kind.ASSISTANT_CLOSE, self.prompt.turn_close(), turn, window))
         self.table.append(closing)
         self._forward_new(None)
-        return generated, truncated
+        return words, len(generated), truncated
 
     def _feed(self, token: torch.Tensor, banned: Optional[int]) -> torch.Tensor:
         """Feed a sampled token (device tensor) and draw the next one."""
         self.sampler.add(token)
         return self.sampler.draw(self.decoder.step(token), banned)
 
-    def _clean(self, generated: List[int]):
-        text = self.prompt.decode(generated)
+    def _split_marker(self, generated: List[int]):
+        """(words, marker): the trailing tokens that decode exactly to the silence marker.
+
+        Only whole tokens that spell the marker (` ...`; bare `...` when it is the whole answer)
+        are split off, so an answer ending in `Wait...` or cut short by the token limit keeps
+        every word."""
         marker = self.config.generation.silence_marker
-        if marker and text.rstrip().endswith(marker.strip()):
-            text = text.rstrip()[: -len(marker.strip())]
-        text = text.strip()
-        return text, not text
+        if not marker.strip():
+            return generated, []
+        for count in range(1, len(generated) + 1):
+            tail = self.prompt.decode(generated[-count:])
+            whole_answer = count == len(generated)
+            if tail == marker or (whole_answer and tail.strip() == marker.strip()):
+                return generated[:-count], generated[-count:]
+            if len(tail) > len(marker):
+                break
+        return generated, []
