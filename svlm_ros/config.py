@@ -92,6 +92,11 @@ class PromptConfig:
     system: str = DEFAULT_SYSTEM_PROMPT
     context: str = ""  # initial text of the `previous text` block
     instruction: str = DEFAULT_INSTRUCTION  # standing query, in the first user turn
+    max_question_tokens: int = 512  # a longer ~/ask question is refused with the reason
+
+    def validate(self) -> None:
+        if self.max_question_tokens < 1:
+            raise ValueError(f"prompt.max_question_tokens must be >= 1, got {self.max_question_tokens}")
 
 
 @dataclass
@@ -119,6 +124,7 @@ class EngineConfig:
         self.cache.validate()
         self.frames.validate()
         self.generation.validate()
+        self.prompt.validate()
         return self
 
 

@@ -2,6 +2,14 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Hypothesis draws the same examples on every run (derandomize): a failure found in CI is found
+# again on a developer's machine, and a run never passes or fails by luck. The `explore` profile
+# (HYPOTHESIS_PROFILE=explore) searches with fresh random examples and more of them.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("explore", max_examples=200, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -89,13 +89,13 @@ def test_the_static_step_reads_no_tensor_value_back_to_the_host():
     loaded = load_model(ModelConfig(model="tiny-random", device="cpu", dtype="float32"))
     model = loaded.model.to("meta")
     text = loaded.text_config
-    language_model = model.model.language_model
+    language_model = model.get_decoder()
     cache = StreamingKVCache(text.num_hidden_layers, language_model.rotary_emb.inv_freq)
     prefilled = torch.zeros(1, text.num_key_value_heads, 10, text.hidden_size // text.num_attention_heads,
                             device="meta")
     for layer in cache.layers:
         layer.update(prefilled, prefilled)
-    decoder = StaticDecoder(language_model, model.lm_head, model.get_input_embeddings(), torch.device("meta"),
+    decoder = StaticDecoder(language_model, model.get_output_embeddings(), model.get_input_embeddings(), torch.device("meta"),
                             use_cuda_graph=False)
     with torch.inference_mode():
         decoder.begin(cache, position=10, budget=4)

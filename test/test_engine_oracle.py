@@ -22,7 +22,7 @@ class Oracle:
 
     def __init__(self, loaded):
         self.model = loaded.model
-        self.text = self.model.model.language_model
+        self.text = self.model.get_decoder()
         config = loaded.text_config
         self.kv_heads = config.num_key_value_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
@@ -100,7 +100,7 @@ class Oracle:
             keys = torch.stack([self._captured[(layer, "k")][offset] for layer in range(layers)])
             values = torch.stack([self._captured[(layer, "v")][offset] for layer in range(layers)])
             self.store[int(uid)] = (keys, values)
-        return self.model.lm_head(output.last_hidden_state[0, -1])
+        return self.model.get_output_embeddings()(output.last_hidden_state[0, -1])
 
     def check_cache(self, engine, table):
         uids = table.uids()
