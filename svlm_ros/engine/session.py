@@ -23,6 +23,7 @@ from .decoding import DynamicDecoder, StaticDecoder, resolve_decode_mode
 from .frames import GRID_UNIT, MERGE_SIZE, VisionInput, preprocess_frames
 from .kv_cache import StreamingKVCache
 from .models import LoadedModel
+from . import sequence
 from .prompt import PromptBuilder
 from .sampling import Sampler
 from .segments import Kind, SegmentTable
@@ -188,25 +189,14 @@ class StreamSession:
                      user_text: Optional[str]) -> None:
         index = self.window_count
         turn = self._new_turn()
-        query = ""
-        if self._instruction_pending:
-            query = self.config.prompt.instruction
-            self._instruction_pending = False
-        if user_text:
-            query = f"{query}\n{user_text}" if query else user_text
-        table, prompt = self.table, self.prompt
-        new = self._head_segments() if not table.segments else []
-        start, end = self.stream_seconds(start_s), self.stream_seconds(end_s)
-        new.append(table.new_segment(Kind.USER_OPEN, prompt.user_open(start, end), turn, index))
+        query = sequence.standing_query(self.config.prompt.instruction, self._instruction_pending, user_text)
+        self._instruction_pending = False
         grid_t, grid_h, grid_w = vision_input.grid_thw
-        merged = (grid_t, grid_h // MERGE_SIZE, grid_w // MERGE_SIZE)
-        new.append(table.new_segment(Kind.VISION, prompt.vision(vision_input.token_count), turn, index,
-                                     grid=merged, time_step=self._time_step))
-        if query:
-            new.append(table.new_segment(Kind.QUERY, prompt.encode(query), turn, index))
-        new.append(table.new_segment(Kind.USER_CLOSE, prompt.turn_close(), turn, index))
-        new.append(table.new_segment(Kind.ASSISTANT_OPEN, prompt.assistant_open(), turn, index))
-        table.append(new)
+        new = self._head_segments() if not self.table.segments else []
+        new += sequence.window_turn(self.table, self.prompt, turn, index, self.stream_seconds(start_s),
+                                    self.stream_seconds(end_s), vision_input.token_count,
+                                    (grid_t, grid_h // MERGE_SIZE, grid_w // MERGE_SIZE), self._time_step, query)
+        self.table.append(new)
 
     def ask(self, question: str, max_new_tokens: Optional[int] = None) -> Answer:
         """Answer a question from the current cache; the turn then ages like the current window.
@@ -226,13 +216,8 @@ class StreamSession:
             with torch.inference_mode():
                 turn = self._new_turn()
                 new = self._head_segments() if not self.table.segments else []
-                new += [
-                    self.table.new_segment(Kind.USER_OPEN, self.prompt.question_open(
-                        self.stream_seconds(self._last_end_s)), turn, window),
-                    self.table.new_segment(Kind.QUERY, question_ids, turn, window),
-                    self.table.new_segment(Kind.USER_CLOSE, self.prompt.turn_close(), turn, window),
-                    self.table.new_segment(Kind.ASSISTANT_OPEN, self.prompt.assistant_open(), turn, window),
-                ]
+                new += sequence.question_turn(self.table, self.prompt, turn, window,
+                                              self.stream_seconds(self._last_end_s), question_ids)
                 self.table.append(new)
                 logits = self._forward_new(None)
                 limit = max_new_tokens or self.config.generation.answer_max_new_tokens
@@ -253,14 +238,8 @@ class StreamSession:
         return self._turn_count - 1
 
     def _head_segments(self):
-        p, t = self.prompt, self.table
-        head = [t.new_segment(Kind.SYSTEM, p.system(self.config.prompt.system)),
-                t.new_segment(Kind.PREV_OPEN, p.prev_open())]
-        context = p.encode(self.config.prompt.context)
-        if context:
-            head.append(t.new_segment(Kind.PREV_TEXT, context))
-        head.append(t.new_segment(Kind.PREV_CLOSE, p.turn_close()))
-        return head
+        return sequence.head_segments(self.table, self.prompt, self.config.prompt.system,
+                                      self.prompt.encode(self.config.prompt.context))
 
     def _evict(self, window: int) -> None:
         if not self.table.segments:
@@ -333,13 +312,7 @@ class StreamSession:
         # The words and <|im_end|>\n join the table; what decoding has not fed yet (the last
         # word when truncated, and the turn's end) is fed in one forward so the cache matches.
         words, marker = self._split_marker(generated)
-        closing = []
-        if words:
-            closing.append(self.table.new_segment(Kind.ASSISTANT_TEXT, words, turn, window))
-        if marker:
-            closing.append(self.table.new_segment(Kind.SILENCE_MARKER, marker, turn, window))
-        closing.append(self.table.new_segment(Kind.ASSISTANT_CLOSE, self.prompt.turn_close(), turn, window))
-        self.table.append(closing)
+        self.table.append(sequence.answer_segments(self.table, self.prompt, turn, window, words, marker))
         self._forward_new(None)
         return words, len(generated), truncated
 
