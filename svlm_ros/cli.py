@@ -1,4 +1,4 @@
-"""The `svlm` command: describe-video, node, bench."""
+"""The `svlm` command: describe-video, node, bench, replay, synth-bag, eval, judge."""
 from __future__ import annotations
 
 import argparse
@@ -22,16 +22,24 @@ def main(argv=None) -> int:
     bench.add_arguments(commands.add_parser(
         "bench", help="per-second latency and memory of streaming vs recompute, full and rerotate"))
     commands.add_parser("node", help="run the ROS 2 node (takes --ros-args ...)")
+    from .replay import run as replay, synth
+
+    replay.add_arguments(commands.add_parser(
+        "replay", help="describe rosbags through the node's code path; write descriptions, a bag and a report"))
+    synth.add_arguments(commands.add_parser(
+        "synth-bag", help="write a rosbag of moving shapes with known per-second reference text"))
+    runners = {"describe-video": describe.run, "bench": bench.run, "replay": replay.run, "synth-bag": synth.run}
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "describe-video":
-            return describe.run(args)
-        return bench.run(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        return runners[args.command](args)
+    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as error:
         print(f"svlm {args.command}: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"svlm {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

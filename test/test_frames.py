@@ -65,3 +65,10 @@ def test_1080p_fine_detail_is_antialiased():
     stripes[:, ::2] = 255
     resized = resize_frames([stripes], 560, 1008)[0].astype(float)
     assert abs(resized.mean() - 127.5) < 3 and resized[4:-4, 4:-4].std() < 12
+
+
+def test_a_window_across_a_resolution_change_is_resized_to_one_grid(rng):
+    small, large = rng.integers(0, 256, (48, 64, 3), np.uint8), rng.integers(0, 256, (96, 64, 3), np.uint8)
+    vision = preprocess_frames([small, large], min_pixels=3136, max_pixels=200 * 200)
+    alone = preprocess_frames([small, small], min_pixels=3136, max_pixels=200 * 200)
+    assert vision.grid_thw == alone.grid_thw  # the first frame sets the window's grid

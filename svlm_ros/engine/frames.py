@@ -73,10 +73,12 @@ def check_frame(frame: np.ndarray) -> np.ndarray:
 
 
 def resize_frames(frames: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
-    """(T, height, width, 3) uint8, antialiased bicubic (see the module docstring)."""
-    sizes = {f.shape for f in frames}
-    if len(sizes) != 1:
-        raise ValueError(f"the frames of one window differ in size: {sorted(sizes)}")
+    """(T, height, width, 3) uint8, antialiased bicubic (see the module docstring).
+
+    Frames of one size are resized in one call; a window that spans a resolution change has
+    frames of two sizes, each resized to the window's grid (set by its first frame)."""
+    if len({f.shape for f in frames}) > 1:
+        return np.concatenate([resize_frames([f], height, width) for f in frames])
     video = np.stack(frames)
     if video.shape[1:3] == (height, width):
         return video

@@ -21,6 +21,7 @@ from ..config import EngineConfig, NodeConfig
 from ..engine.models import LoadedModel
 from ..engine.session import Answer, StreamSession, WindowResult
 from ..engine.windows import Window, WindowAssembler
+from .images import BadImage, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,12 @@ class CameraStats:
     last_frame_wall: Optional[float] = None
     latencies: Deque[float] = field(default_factory=lambda: collections.deque(maxlen=120))
     last_cache_tokens: int = 0
+    bad_frames_by_cause: Dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> Dict[str, object]:
+        """Counters for reports (the rolling latencies and wall times stay out)."""
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(self).items()
+                if k not in ("latencies", "last_frame_wall")}
 
 
 @dataclass
@@ -64,7 +71,29 @@ class CameraStream:
         self.pending_instruction: Optional[str] = None  # set by ROS threads, applied by the worker
         self.frame_id = ""  # the camera's frame, from its latest image
         self.last_result: Optional[WindowResult] = None
+        self.on_skip: Optional[Callable[[Window], None]] = None  # told of each window the queue drops
         self.lock = threading.Lock()
+
+    def feed(self, stamp_s: float, msg) -> List[str]:
+        """One image message (rclpy or rosbags): convert, count a bad frame, or add it.
+
+        The node's image callback and the replay tool both come through here, so a bag is
+        described exactly as the camera would be. Returns warnings to log (already counted)."""
+        try:
+            frame = to_rgb(msg)
+        except BadImage as error:
+            with self.lock:
+                self.stats.bad_frames += 1
+                self.stats.bad_frames_by_cause[error.cause] = self.stats.bad_frames_by_cause.get(error.cause, 0) + 1
+            return [f"{error}; frame dropped"]
+        return self.add_frame(stamp_s, frame)
+
+    def flush(self) -> None:
+        """The input ended (a bag, a file): queue the open window, which no later frame will close."""
+        with self.lock:
+            window = self.assembler.flush()
+            if window is not None:
+                self._enqueue(window)
 
     def add_frame(self, stamp_s: float, frame: np.ndarray) -> List[str]:
         """Called from the image callback; returns warnings to log (already counted)."""
@@ -82,10 +111,15 @@ class CameraStream:
                 warnings.append(f"sensor time jumped back to {stamp_s:.3f} s: starting a fresh stream")
             self.stats.empty_windows += added.skipped_empty
             for window in added.windows:
-                if len(self.queue) == self.queue.maxlen:
-                    self.stats.skipped_windows += 1
-                self.queue.append((window, time.monotonic(), self.generation))
+                self._enqueue(window)
         return warnings
+
+    def _enqueue(self, window: Window) -> None:
+        if len(self.queue) == self.queue.maxlen:  # the oldest queued window is dropped: skipped
+            self.stats.skipped_windows += 1
+            if self.on_skip is not None:
+                self.on_skip(self.queue[0][0])
+        self.queue.append((window, time.monotonic(), self.generation))
 
     def take(self):
         with self.lock:
@@ -108,6 +142,7 @@ class Scheduler:
         self._thread: Optional[threading.Thread] = None
         self.busy_since: Optional[float] = None
         self.last_error: Optional[str] = None
+        self._idle = threading.Event()  # set after each window, for wait_idle
 
     def start(self) -> None:
         self._stop.clear()
@@ -123,6 +158,23 @@ class Scheduler:
 
     def notify(self) -> None:
         self._wake.set()
+
+    def drain(self) -> None:
+        """Describe every queued window now, on the caller's thread (replays: nothing is skipped)."""
+        while (work := self._next_window()) is not None:
+            self._describe(*work)
+
+    def wait_idle(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the worker has described every queued window (the end of a replay)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while any(stream.queue for stream in self.cameras.values()) or self.busy_since is not None:
+            if self._thread is None or not self._thread.is_alive():
+                return False
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            self._idle.wait(0.05)
+            self._idle.clear()
+        return True
 
     def ask(self, camera: str, question: str) -> "concurrent.futures.Future[Answer]":
         future: concurrent.futures.Future = concurrent.futures.Future()
@@ -192,6 +244,7 @@ class Scheduler:
             return
         finally:
             self.busy_since = None
+            self._idle.set()
         latency = time.monotonic() - ready_at
         stream.stats.processed_windows += 1
         stream.stats.latencies.append(latency)

@@ -21,7 +21,6 @@ from svlm_ros.srv import Ask
 
 from ..engine.models import RANDOM_MODELS, load_model
 from . import parameters
-from .images import BadImage, to_rgb
 from .scheduler import Described, Scheduler
 
 COMPRESSED_SUFFIX = "/compressed"  # the image_transport convention
@@ -186,15 +185,9 @@ class SvlmNode(LifecycleNode):
         stream = self.scheduler.cameras.get(topic) if self.scheduler else None
         if not self._describing or stream is None:
             return
-        try:
-            frame = to_rgb(msg)
-        except BadImage as error:
-            stream.stats.bad_frames += 1
-            self.get_logger().warning(f"{topic}: {error}; frame dropped", throttle_duration_sec=THROTTLE_S)
-            return
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         stream.frame_id = msg.header.frame_id
-        for warning in stream.add_frame(stamp, frame):
+        for warning in stream.feed(stamp, msg):
             self.get_logger().warning(f"{topic}: {warning}", throttle_duration_sec=THROTTLE_S)
         self.scheduler.notify()
 

@@ -1,0 +1,311 @@
+"""`svlm replay`: rosbags through the node's own data path, into descriptions and a report.
+
+A replay builds the node's ROS-free core (`svlm_ros.node.scheduler`: per-camera window
+assembly, frame conversion, bad-frame handling and counters, one engine session per camera) and
+feeds it the bag's image messages in log-time order. By default every window is described (the
+caller's thread drains the queue after each frame, as fast as the machine goes). `--realtime`
+instead paces the messages by the bag's clock (times `--rate`) and lets the scheduler's worker
+thread run as on the robot, so windows are skipped exactly when the node would skip them.
+
+Messages are read one at a time (`AnyReader.messages`), outputs are appended as windows are
+described, and the report is built from the files afterwards, so memory stays flat however long
+the bag. Ctrl-C stops reading; every output is closed and valid for the part already replayed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from ..config import ModelConfig, NodeConfig
+from ..engine.models import RANDOM_MODELS, LoadedModel, load_model
+from ..node.scheduler import Described, Scheduler
+from ..progress import progress
+from . import bags, report
+from .outputs import DescriptionsFile, OutputBag, SubtitleFiles, WindowRecord
+from .params import load_replay_configs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReplayOptions:
+    out: Path
+    topics: List[str] = field(default_factory=list)  # empty: every image topic in the bag
+    start_s: Optional[float] = None  # seconds from the bag's start
+    end_s: Optional[float] = None
+    realtime: bool = False
+    rate: float = 1.0
+    copy_images: bool = False
+    thumbnails: int = 60  # contact-sheet pictures per camera, spread over the bag
+
+
+class MemorySampler:
+    """Process and accelerator memory, sampled once per described window."""
+
+    def __init__(self):
+        self.peak_rss = 0
+        self.peak_accelerator = 0
+
+    def sample(self) -> Dict[str, int]:
+        rss = _rss_bytes()
+        accelerator = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
+        self.peak_rss = max(self.peak_rss, rss)
+        self.peak_accelerator = max(self.peak_accelerator, accelerator)
+        return {"rss_bytes": rss, "accelerator_bytes": accelerator}
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * 4096
+    except OSError:  # not Linux: the peak is all there is
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class BagReplay:
+    """One bag, one stream per camera, through a fresh scheduler sharing the loaded model."""
+
+    def __init__(self, bag: Path, loaded: LoadedModel, configs, options: ReplayOptions, out: Path):
+        self.bag, self.loaded, self.options, self.out = bag, loaded, options, out
+        self.model_config, self.engine_config, node_config = configs
+        self.reader = bags.open_bag(bag)
+        self.topics = bags.image_topics(self.reader, options.topics)
+        self.node_config = NodeConfig(**{**vars(node_config), "image_topics": list(self.topics)})
+        self.origin: Dict[str, float] = {}  # each camera's first frame stamp: stream time zero
+        self.frame_ids: Dict[str, str] = {}
+        self.memory = MemorySampler()
+        self._lock = threading.Lock()  # the worker thread writes in realtime mode
+        self._last_index: Dict[str, int] = {}
+        self._thumb_every = 1.0
+
+    def run(self) -> Dict:
+        out, options = self.out, self.options
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "thumbnails").mkdir(exist_ok=True)
+        (out / "thumbnails" / "index.jsonl").unlink(missing_ok=True)
+        start_ns, stop_ns = bags.time_range(self.reader, options.start_s, options.end_s)
+        duration_s = max((stop_ns - start_ns) / 1e9, 1e-9)
+        self._thumb_every = max(1.0, duration_s / max(1, options.thumbnails))
+        self._write_run_json(start_ns, stop_ns)
+        scheduler = Scheduler(self.loaded, self.engine_config, self.node_config, self._on_described,
+                              list(self.topics))
+        for name, stream in scheduler.cameras.items():
+            stream.on_skip = lambda window, name=name: self._on_skipped(name, window)
+        self.scheduler = scheduler
+        interrupted = False
+        started = time.monotonic()
+        with ExitStack() as stack:
+            self.descriptions = DescriptionsFile(out / "descriptions.jsonl")
+            stack.callback(self.descriptions.close)
+            self.subtitles = SubtitleFiles(out)
+            stack.callback(self.subtitles.close)
+            self.samples = (out / "samples.jsonl").open("w")
+            stack.callback(self.samples.close)
+            self.bag_out = OutputBag(out / "descriptions_bag", bags.storage_of(self.bag),
+                                     self.topics if options.copy_images else None)
+            stack.callback(self.bag_out.close)
+            stack.callback(self.reader.close)
+            if options.realtime:
+                scheduler.start()
+                stack.callback(scheduler.stop)
+            bar = progress(total=int(duration_s), desc=self.bag.name, unit="s")
+            stack.callback(bar.close)
+            try:
+                self._read(scheduler, start_ns, stop_ns, bar, started)
+                self._finish(scheduler)
+            except KeyboardInterrupt:
+                interrupted = True
+                log.warning("interrupted: every output holds the windows described so far")
+        wall_s = time.monotonic() - started
+        metrics = report.write_report(out, self._stats(scheduler), wall_s, self.memory, interrupted,
+                                      self.engine_config.frames.window_seconds)
+        if interrupted:
+            raise KeyboardInterrupt
+        return metrics
+
+    def _read(self, scheduler: Scheduler, start_ns: int, stop_ns: int, bar, started: float) -> None:
+        first_ns = None
+        rate = self.options.rate
+        for connection, log_ns, rawdata in bags.messages(self.reader, self.topics, start_ns, stop_ns):
+            if first_ns is None:
+                first_ns = log_ns
+            if self.options.realtime:  # pace by the bag's clock: the worker falls behind as on the robot
+                delay = (log_ns - first_ns) / 1e9 / rate - (time.monotonic() - started)
+                if delay > 0:
+                    time.sleep(delay)
+            topic = connection.topic
+            stream = scheduler.cameras[topic]
+            msg = self.reader.deserialize(rawdata, connection.msgtype)
+            stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            self.origin.setdefault(topic, stamp)
+            self.frame_ids[topic] = msg.header.frame_id
+            for warning in stream.feed(stamp, msg):
+                log.warning("%s: %s", topic, warning)
+            if self.options.copy_images:
+                with self._lock:
+                    self.bag_out.write_image(topic, log_ns, rawdata)
+            if self.options.realtime:
+                scheduler.notify()
+            else:
+                scheduler.drain()
+            bar.n = int((log_ns - start_ns) / 1e9)
+            bar.refresh() if not bar.disable else None
+
+    def _finish(self, scheduler: Scheduler) -> None:
+        """The bag ended: describe each camera's last, open window, then wait for the worker."""
+        for stream in scheduler.cameras.values():
+            stream.flush()
+        if self.options.realtime:
+            scheduler.notify()
+            scheduler.wait_idle()
+        else:
+            scheduler.drain()
+
+    # ----- results, from the scheduler's thread in realtime mode ------------------------------
+    def _stream_seconds(self, camera: str, seconds: float) -> float:
+        return seconds - self.origin.get(camera, seconds)
+
+    def _on_described(self, described: Described) -> None:
+        result, window, camera = described.result, described.window, described.camera
+        record = WindowRecord(
+            bag=str(self.bag), camera=camera, index=window.index, start=window.start_s, end=window.end_s,
+            stream_start=self._stream_seconds(camera, window.start_s),
+            stream_end=self._stream_seconds(camera, window.end_s), text=result.text, silent=result.silent,
+            skipped=False, vision_s=result.vision_s, prefill_s=result.prefill_s, decode_s=result.decode_s,
+            latency_s=described.latency_s, generated_tokens=result.generated_tokens,
+            cache_tokens=result.cache_tokens)
+        memory = self.memory.sample()
+        with self._lock:
+            self.descriptions.write(record)
+            self.subtitles.write(record)
+            self.bag_out.write(record, self.frame_ids.get(camera, ""))
+            report.append_sample(self.samples, record, memory)
+            if window.frames and self._wants_thumbnail(camera, record.stream_start):
+                report.save_thumbnail(self.out, record, window.frames[len(window.frames) // 2])
+
+    def _on_skipped(self, camera: str, window) -> None:
+        record = WindowRecord(
+            bag=str(self.bag), camera=camera, index=window.index, start=window.start_s, end=window.end_s,
+            stream_start=self._stream_seconds(camera, window.start_s),
+            stream_end=self._stream_seconds(camera, window.end_s), text="", silent=False, skipped=True)
+        with self._lock:
+            self.descriptions.write(record)
+
+    def _wants_thumbnail(self, camera: str, stream_start: float) -> bool:
+        slot = int(stream_start // self._thumb_every)
+        if self._last_index.get(camera, -1) >= slot:
+            return False
+        self._last_index[camera] = slot
+        return True
+
+    def _stats(self, scheduler: Scheduler) -> Dict[str, Dict]:
+        return {name: stream.stats.as_dict() for name, stream in scheduler.cameras.items()}
+
+    def _write_run_json(self, start_ns: int, stop_ns: int) -> None:
+        info = {
+            "bag": str(self.bag), "bags": [str(self.bag)], "storage": bags.storage_of(self.bag),
+            "cameras": list(self.topics), "image_types": self.topics, "model": self.loaded.name,
+            "random_weights": self.model_config.model in RANDOM_MODELS, "seed": self.engine_config.generation.seed,
+            "realtime": self.options.realtime, "rate": self.options.rate,
+            "start_ns": start_ns, "stop_ns": stop_ns,
+            "parameters": {"model": vars(self.model_config), "engine": _as_dict(self.engine_config),
+                           "node": vars(self.node_config)},
+        }
+        (self.out / "run.json").write_text(json.dumps(info, indent=2, default=str))
+
+
+def _as_dict(config) -> Dict:
+    return {name: vars(section) for name, section in vars(config).items()}
+
+
+def shard_of(bag_paths: List[Path], shard: Optional[str]) -> List[Path]:
+    """The I-th of N slices of the sorted bag list (`--shard I/N`, I from 0)."""
+    if not shard:
+        return bag_paths
+    try:
+        index, count = (int(part) for part in shard.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like I/N (for example 0/4), got {shard!r}") from None
+    if not 0 <= index < count:
+        raise ValueError(f"--shard {shard}: I must be in 0..N-1")
+    return sorted(bag_paths)[index::count]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bags", nargs="+", help="rosbag2 directories or .mcap/.db3 files, ROS 1 .bag files, "
+                                                "or folders of bags")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--topic", action="append", default=[], dest="topics",
+                        help="image topic to describe (repeatable; default: every Image/CompressedImage topic)")
+    parser.add_argument("--start", type=float, default=None, help="seconds from the bag's start")
+    parser.add_argument("--end", type=float, default=None, help="seconds from the bag's start")
+    parser.add_argument("--params", default=None, help="the node's parameter YAML (config/svlm.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override any node parameter, e.g. --set generation.max_new_tokens=12 (repeatable)")
+    parser.add_argument("--model", default=None, help="override the model parameter")
+    parser.add_argument("--device", default=None, help="override the device parameter")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (replays are deterministic)")
+    parser.add_argument("--realtime", action="store_true",
+                        help="pace by the bag's clock and skip windows as the node would when behind")
+    parser.add_argument("--rate", type=float, default=1.0, help="with --realtime: playback speed")
+    parser.add_argument("--copy-images", action="store_true", help="copy the image topics into the output bag")
+    parser.add_argument("--reference", default=None, help="reference text (JSONL, WebVTT, SRT or BAG:/topic) "
+                                                          "to score the descriptions against")
+    parser.add_argument("--shard", default=None, metavar="I/N", help="replay the I-th of N slices of the bags")
+    parser.add_argument("--thumbnails", type=int, default=60, help="contact-sheet pictures per camera")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.rate <= 0:
+        raise ValueError(f"--rate must be > 0, got {args.rate}")
+    bag_paths = shard_of(bags.expand(args.bags), args.shard)
+    if not bag_paths:
+        print(f"svlm replay: shard {args.shard} has no bags (fewer bags than shards)")
+        return 0
+    configs = load_replay_configs(args.params, args.set, model=args.model, device=args.device, seed=args.seed)
+    for bag in bag_paths:  # a bad bag or topic fails here, before minutes of model loading
+        bags.check(bag, args.topics)
+    seed_everything(args.seed)
+    loaded = load_model(configs[0])
+    if configs[0].model in RANDOM_MODELS:
+        log.warning("%s has random weights: its descriptions are meaningless words (the replay shows the "
+                    "machinery, not a model's quality)", configs[0].model)
+    out = Path(args.out)
+    options = ReplayOptions(out, args.topics, args.start, args.end, args.realtime, args.rate, args.copy_images,
+                            args.thumbnails)
+    several = len(bag_paths) > 1 or args.shard
+    summaries = []
+    for bag in bag_paths:
+        bag_out = out / bags.run_name(bag) if several else out
+        seed_everything(args.seed)
+        metrics = BagReplay(bag, loaded, configs, options, bag_out).run()
+        summaries.append({"bag": bags.run_name(bag), "path": str(bag), **report.summary_row(metrics)})
+        if args.reference:
+            from .evaluate import evaluate_run
+            from .reference import load_reference
+
+            evaluate_run(bag_out, args.reference)
+            report.render(bag_out, metrics, report.reference_by_second(load_reference(args.reference)))
+        print(f"{bag}: {report.one_line(metrics)} -> {bag_out}")
+    if several:
+        report.write_summary(out, summaries, args.shard)
+    return 0

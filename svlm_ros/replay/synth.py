@@ -1,0 +1,233 @@
+"""`svlm synth-bag`: rosbags of coloured shapes with known per-second text.
+
+Each camera watches its own scripted scene: shapes appear, move, stop and leave, and the text of
+each second says what changed in it ("A red circle appears."), as a narrator would; a second in
+which nothing changes has no text (the model should answer its silence marker). The script is
+drawn from a seed, so a bag and its reference are reproducible. Beside the bag go the reference
+as JSONL (segments with start, end, text and camera, in seconds since the bag's first frame) and
+as WebVTT, one file per camera. The tests and the training pipeline use these bags as real data.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import cv2
+import numpy as np
+from rosbags.rosbag1 import Writer as Ros1Writer
+from rosbags.rosbag2 import StoragePlugin, Writer
+
+from .messages import typestore
+from ..progress import progress
+
+log = logging.getLogger(__name__)
+
+START_NS = 1_763_740_800 * 1_000_000_000  # 2025-11-21 16:00 UTC: sensor stamps look like a robot's
+COLORS = {"red": (220, 40, 40), "green": (40, 190, 70), "blue": (50, 90, 230), "yellow": (235, 210, 40)}
+SHAPES = ("circle", "square", "triangle")
+MAX_OBJECTS = 3
+
+
+@dataclass
+class Shape:
+    color: str
+    kind: str
+    x: float  # centre, as a fraction of the width
+    y: float
+    speed: float  # fraction of the width per second; 0 when stopped
+
+    @property
+    def name(self) -> str:
+        return f"{self.color} {self.kind}"
+
+
+class Scene:
+    """One camera's scripted scene: the shapes at any time, and what changed in each second."""
+
+    def __init__(self, seconds: int, seed: int):
+        rng = np.random.default_rng(seed)
+        # A change is visible in the second whose text names it: a shape that appears is there
+        # for the whole second, one that leaves is gone, one that stops stands still.
+        self.keyframes: List[List[Shape]] = []  # the shapes of each second, at its start
+        self.texts: List[str] = []  # what changed in each second ("" for nothing)
+        shapes: List[Shape] = []
+        for _ in range(seconds):
+            self.texts.append(self._event(rng, shapes))
+            self.keyframes.append([Shape(**vars(s)) for s in shapes])
+            for shape in shapes:  # motion over the second, bouncing off the edges
+                shape.x += shape.speed
+                if not 0.1 <= shape.x <= 0.9:
+                    shape.speed = -shape.speed
+                    shape.x = min(max(shape.x, 0.1), 0.9)
+
+    @staticmethod
+    def _event(rng, shapes: List[Shape]) -> str:
+        if rng.random() < 0.45:
+            return ""  # a quiet second
+        names = {s.name for s in shapes}
+        free = [(c, k) for c in COLORS for k in SHAPES if f"{c} {k}" not in names]
+        choice = rng.random()
+        if (not shapes or choice < 0.35) and len(shapes) < MAX_OBJECTS:
+            color, kind = free[rng.integers(len(free))]
+            side = rng.integers(2)
+            shape = Shape(color, kind, 0.15 if side == 0 else 0.85, rng.uniform(0.25, 0.75),
+                          (1 if side == 0 else -1) * rng.uniform(0.04, 0.09))
+            shapes.append(shape)
+            return f"A {shape.name} appears on the {'left' if side == 0 else 'right'}."
+        if not shapes:
+            return ""
+        shape = shapes[rng.integers(len(shapes))]
+        if choice < 0.55:
+            shapes.remove(shape)
+            return f"The {shape.name} leaves."
+        if shape.speed == 0:
+            shape.speed = rng.choice([-1, 1]) * rng.uniform(0.04, 0.09)
+            return f"The {shape.name} starts moving {'right' if shape.speed > 0 else 'left'}."
+        if choice < 0.8:
+            shape.speed = 0.0
+            return f"The {shape.name} stops."
+        shape.speed = -shape.speed
+        return f"The {shape.name} turns {'right' if shape.speed > 0 else 'left'}."
+
+    def frame(self, t: float, height: int, width: int) -> np.ndarray:
+        """The RGB frame at t seconds: each second's shapes, moved by their speed within it."""
+        second = min(int(t), len(self.keyframes) - 1)
+        fraction = t - second
+        image = np.empty((height, width, 3), dtype=np.uint8)
+        image[:] = (35, 38, 45)
+        image[:, :, 2] = np.linspace(45, 110, width, dtype=np.uint8)[None, :]
+        size = max(6, min(height, width) // 7)
+        for shape in self.keyframes[second]:
+            cx = int(np.clip(shape.x + shape.speed * fraction, 0.05, 0.95) * width)
+            cy = int(shape.y * height)
+            color = COLORS[shape.color]
+            if shape.kind == "circle":
+                cv2.circle(image, (cx, cy), size // 2, color, -1)
+            elif shape.kind == "square":
+                cv2.rectangle(image, (cx - size // 2, cy - size // 2), (cx + size // 2, cy + size // 2), color, -1)
+            else:
+                points = np.array([[cx, cy - size // 2], [cx - size // 2, cy + size // 2],
+                                   [cx + size // 2, cy + size // 2]], dtype=np.int32)
+                cv2.fillPoly(image, [points], color)
+        return image
+
+
+def camera_topics(cameras: int, compressed: bool) -> List[str]:
+    suffix = "image_raw/compressed" if compressed else "image_raw"
+    return [f"/cam{k}/{suffix}" for k in range(cameras)]
+
+
+def reference_paths(bag: Path) -> Tuple[Path, Path]:
+    """Where the reference of a synthetic bag goes: `BAG.reference.jsonl` and `.vtt` beside it."""
+    stem = bag.with_suffix("") if bag.suffix in (".bag", ".mcap", ".db3") else bag
+    return Path(f"{stem}.reference.jsonl"), Path(f"{stem}.reference.vtt")
+
+
+def vtt_time(seconds: float) -> str:
+    millis = int(round(seconds * 1000))
+    hours, rest = divmod(millis, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}.{rest % 1000:03d}"
+
+
+def write_synthetic_bag(out: Path, seconds: int, storage: str = "mcap", compressed: bool = False,
+                        cameras: int = 1, fps: float = 10.0, height: int = 240, width: int = 320,
+                        seed: int = 0, encoding: str = "rgb8") -> Dict[str, Scene]:
+    """Write the bag and its reference; returns each camera topic's scene."""
+    if seconds < 1 or cameras < 1 or fps <= 0:
+        raise ValueError(f"need --seconds >= 1, --cameras >= 1 and --fps > 0 (got {seconds}, {cameras}, {fps})")
+    if storage not in ("mcap", "sqlite3", "ros1"):
+        raise ValueError(f"--storage must be mcap, sqlite3 or ros1, got {storage!r}")
+    if encoding not in ("rgb8", "bgr8"):
+        raise ValueError(f"--encoding must be rgb8 or bgr8, got {encoding!r}")
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; remove it or choose another path")
+    store = typestore()
+    topics = camera_topics(cameras, compressed)
+    scenes = {topic: Scene(seconds, seed * 1000 + k) for k, topic in enumerate(topics)}
+    msgtype = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
+    if storage == "ros1":
+        writer = Ros1Writer(out)
+    else:
+        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+        writer = Writer(out, version=9, storage_plugin=plugin)
+    frame_count = int(round(seconds * fps))
+    try:
+        with writer:
+            connections = {t: writer.add_connection(t, msgtype, typestore=store) for t in topics}
+            for n in progress(range(frame_count), total=frame_count, desc="synth-bag", unit="frame"):
+                stamp_ns = START_NS + int(round(n * 1e9 / fps))
+                for k, topic in enumerate(topics):
+                    image = scenes[topic].frame(n / fps, height, width)
+                    msg = image_message(store, image, stamp_ns, f"cam{k}_optical_frame", compressed, encoding)
+                    data = (store.serialize_ros1(msg, msgtype) if storage == "ros1"
+                            else store.serialize_cdr(msg, msgtype))
+                    writer.write(connections[topic], stamp_ns, data)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True) if out.is_dir() else out.unlink(missing_ok=True)
+        raise
+    write_reference(out, scenes)
+    return scenes
+
+
+def image_message(store, image: np.ndarray, stamp_ns: int, frame_id: str, compressed: bool,
+                  encoding: str = "rgb8"):
+    Header = store.types["std_msgs/msg/Header"]
+    Time = store.types["builtin_interfaces/msg/Time"]
+    header = Header(stamp=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000), frame_id=frame_id)
+    if compressed:
+        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        return store.types["sensor_msgs/msg/CompressedImage"](header=header, format="jpeg",
+                                                              data=np.frombuffer(jpeg.tobytes(), np.uint8))
+    pixels = image if encoding == "rgb8" else image[:, :, ::-1]
+    return store.types["sensor_msgs/msg/Image"](
+        header=header, height=image.shape[0], width=image.shape[1], encoding=encoding, is_bigendian=0,
+        step=image.shape[1] * 3, data=np.ascontiguousarray(pixels).reshape(-1))
+
+
+def write_reference(bag: Path, scenes: Dict[str, Scene]) -> Tuple[Path, Path]:
+    jsonl, vtt = reference_paths(bag)
+    with jsonl.open("w") as lines:
+        for topic, scene in scenes.items():
+            for second, text in enumerate(scene.texts):
+                if text:
+                    lines.write(json.dumps({"start": float(second), "end": float(second + 1), "text": text,
+                                            "camera": topic}) + "\n")
+    # WebVTT has no camera field: one file per camera when there are several.
+    for k, (topic, scene) in enumerate(scenes.items()):
+        path = vtt if len(scenes) == 1 else vtt.with_name(vtt.name.replace(".reference.", f".reference.cam{k}."))
+        cues = ["WEBVTT", ""]
+        for second, text in enumerate(scene.texts):
+            if text:
+                cues += [f"{vtt_time(second)} --> {vtt_time(second + 1)}", text, ""]
+        path.write_text("\n".join(cues))
+    return jsonl, vtt
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", help="the bag to write (a directory for rosbag2, a .bag file with --storage ros1)")
+    parser.add_argument("--seconds", type=int, default=120)
+    parser.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3", "ros1"])
+    parser.add_argument("--compressed", action="store_true", help="sensor_msgs/CompressedImage (JPEG) topics")
+    parser.add_argument("--cameras", type=int, default=1)
+    parser.add_argument("--fps", type=float, default=10.0, help="camera frame rate")
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--encoding", default="rgb8", choices=["rgb8", "bgr8"], help="raw image encoding")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    write_synthetic_bag(out, args.seconds, args.storage, args.compressed, args.cameras, args.fps,
+                        args.height, args.width, args.seed, args.encoding)
+    jsonl, vtt = reference_paths(out)
+    print(f"wrote {out} ({args.storage}, {args.cameras} camera(s), {args.seconds} s at {args.fps:g} fps) "
+          f"and its reference {jsonl}, {vtt.parent / (vtt.stem.split('.reference')[0] + '.reference*.vtt')}")
+    return 0
+

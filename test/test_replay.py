@@ -1,0 +1,198 @@
+"""`svlm replay` and `svlm synth-bag` on real bags written by rosbags (issue 11)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from rosbags.highlevel import AnyReader
+
+from svlm_ros.cli import main as svlm
+from svlm_ros.node.scheduler import Scheduler
+from svlm_ros.replay.messages import DESCRIPTION, IMAGE_ANNOTATIONS, typestore
+from svlm_ros.replay.outputs import annotation_topic
+from svlm_ros.replay.synth import reference_paths, write_synthetic_bag
+
+# Small frames and answers keep a window cheap; the data path is the node's whatever the size.
+FAST = ["--model", "tiny-random", "--device", "cpu", "--set", "frames.min_pixels=3136",
+        "--set", "generation.max_new_tokens=4", "--set", "warm_up=false"]
+
+
+def rows(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def read_bag(path):
+    with AnyReader([Path(path)], default_typestore=typestore()) as reader:
+        counts = {c.topic: c.msgcount for c in reader.connections}
+        descriptions = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages()
+                        if c.msgtype == DESCRIPTION]
+        types = {c.topic: c.msgtype for c in reader.connections}
+    return counts, descriptions, types
+
+
+@pytest.fixture(scope="module")
+def bags(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bags")
+    made = {}
+    for storage in ("mcap", "sqlite3"):
+        made[storage] = root / f"shapes_{storage}"
+        write_synthetic_bag(made[storage], 8, storage, height=48, width=64, fps=6, seed=1)
+    made["ros1"] = root / "shapes.bag"
+    write_synthetic_bag(made["ros1"], 4, "ros1", compressed=True, height=48, width=64, fps=4, seed=2)
+    return made
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_replay_writes_every_output(bags, tmp_path, storage):
+    out = tmp_path / "run"
+    assert svlm(["replay", str(bags[storage]), "--out", str(out), "--copy-images", *FAST]) == 0
+    described = rows(out / "descriptions.jsonl")
+    assert [r["index"] for r in described] == list(range(8))  # every window, none skipped
+    assert [r["stream_start"] for r in described] == [float(k) for k in range(8)]
+    assert all(r["start"] > 1e9 and not r["skipped"] for r in described)  # sensor time kept
+    for name in ("run.json", "metrics.json", "report.md", "report.html", "latency.png", "memory.png",
+                 "contact_sheet.png", "cam0_image_raw.vtt"):
+        assert (out / name).stat().st_size > 0, name
+    counts, messages, types = read_bag(out / "descriptions_bag")
+    assert counts["/svlm/description"] == 8 and counts[annotation_topic("/cam0/image_raw")] == 8
+    assert types[annotation_topic("/cam0/image_raw")] == IMAGE_ANNOTATIONS
+    assert counts["/cam0/image_raw"] == 48  # --copy-images: the bag plays on its own
+    assert [m.text for m in messages] == [r["text"] for r in described]
+    assert (out / "descriptions_bag").glob("*.db3" if storage == "sqlite3" else "*.mcap")
+    metrics = json.loads((out / "metrics.json").read_text())
+    camera = metrics["cameras"]["/cam0/image_raw"]
+    assert camera["described"] == 8 and camera["frames"] == 48 and camera["bad_frames"] == 0
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "data:image/jpeg;base64," in html
+    assert "src='http" not in html and 'src="http' not in html  # renders offline
+    assert "random weights" in (out / "report.md").read_text()
+
+
+def test_ros1_compressed_bag_replays(bags, tmp_path):
+    out = tmp_path / "run"
+    assert svlm(["replay", str(bags["ros1"]), "--out", str(out), *FAST]) == 0
+    assert len(rows(out / "descriptions.jsonl")) == 4
+    assert list((out / "descriptions_bag").glob("*.mcap"))  # ROS 1 input gives an mcap output
+
+
+def test_replay_is_deterministic(bags, tmp_path):
+    texts = []
+    for name in ("a", "b"):
+        assert svlm(["replay", str(bags["mcap"]), "--out", str(tmp_path / name), "--seed", "7", *FAST]) == 0
+        texts.append([(r["text"], r["silent"], r["generated_tokens"]) for r in rows(tmp_path / name /
+                                                                                  "descriptions.jsonl")])
+    assert texts[0] == texts[1]
+
+
+def test_start_end_and_topic_select(bags, tmp_path):
+    out = tmp_path / "run"
+    assert svlm(["replay", str(bags["mcap"]), "--out", str(out), "--topic", "/cam0/image_raw",
+                 "--start", "2", "--end", "5", *FAST]) == 0
+    described = rows(out / "descriptions.jsonl")
+    assert 2 <= len(described) <= 4 and described[0]["stream_start"] == 0.0
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["--topic", "/nope"], "not in"),
+    (["--topic", "/cam0/image_raw", "--start", "100"], "past the end"),
+])
+def test_bad_topics_and_ranges_are_named(bags, tmp_path, capsys, arguments, message):
+    assert svlm(["replay", str(bags["mcap"]), "--out", str(tmp_path / "run"), *arguments, *FAST]) == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
+    if "not in" in message:
+        assert "/cam0/image_raw (sensor_msgs/msg/Image" in error  # the topics the bag has
+
+
+def test_bags_that_cannot_be_replayed_are_named(tmp_path, capsys):
+    broken = tmp_path / "broken.bag"
+    broken.write_text("not a bag")
+    assert svlm(["replay", str(broken), "--out", str(tmp_path / "a"), *FAST]) == 2
+    assert "cannot open" in capsys.readouterr().err
+    assert svlm(["replay", str(tmp_path / "missing"), "--out", str(tmp_path / "b"), *FAST]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    no_images = tmp_path / "no_images"
+    store = typestore()
+    from rosbags.rosbag2 import Writer
+
+    with Writer(no_images, version=9) as writer:
+        connection = writer.add_connection("/chatter", "std_msgs/msg/String", typestore=store)
+        writer.write(connection, 1, store.serialize_cdr(store.types["std_msgs/msg/String"](data="hi"),
+                                                        "std_msgs/msg/String"))
+    assert svlm(["replay", str(no_images), "--out", str(tmp_path / "c"), *FAST]) == 2
+    error = capsys.readouterr().err
+    assert "no sensor_msgs/Image" in error and "/chatter (std_msgs/msg/String" in error
+
+
+def test_realtime_skips_windows_when_the_model_is_behind(bags, tmp_path, monkeypatch):
+    """The worker is held on its first window until the whole bag has been read, so the outcome
+    does not depend on the machine's speed: the queue keeps only the newest window, as the node's."""
+    bag_read = threading.Event()
+    original_step = Scheduler._describe
+
+    def held_describe(self, stream, item):
+        assert bag_read.wait(timeout=120), "the reader never finished"
+        return original_step(self, stream, item)
+
+    original_wait = Scheduler.wait_idle
+
+    def release_then_wait(self, *args, **kwargs):
+        bag_read.set()
+        return original_wait(self, *args, **kwargs)
+
+    monkeypatch.setattr(Scheduler, "_describe", held_describe)
+    monkeypatch.setattr(Scheduler, "wait_idle", release_then_wait)
+    out = tmp_path / "run"
+    assert svlm(["replay", str(bags["mcap"]), "--out", str(out), "--realtime", "--rate", "1000", *FAST]) == 0
+    records = rows(out / "descriptions.jsonl")
+    skipped = [r for r in records if r["skipped"]]
+    described = [r for r in records if not r["skipped"]]
+    assert sorted(r["index"] for r in records) == list(range(8))  # every window accounted for
+    assert len(skipped) >= 6 and 1 <= len(described) <= 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["cameras"]["/cam0/image_raw"]["skipped"] == len(skipped)
+
+
+def test_ctrl_c_leaves_valid_outputs(tmp_path):
+    bag = tmp_path / "long"
+    write_synthetic_bag(bag, 120, "mcap", height=48, width=64, fps=4)
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "svlm_ros.cli", "replay", str(bag), "--out", str(out), *FAST],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    descriptions = out / "descriptions.jsonl"
+    try:
+        # Interrupt once three windows are on disk: an event in the data, not a guess at timing.
+        while process.poll() is None and not (descriptions.exists() and len(rows(descriptions)) >= 3):
+            threading.Event().wait(0.05)
+        assert process.poll() is None, process.communicate()
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    described = rows(descriptions)
+    assert 3 <= len(described) < 120
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["interrupted"] and metrics["cameras"]["/cam0/image_raw"]["described"] == len(described)
+    counts, messages, _ = read_bag(out / "descriptions_bag")  # the output bag opens
+    assert counts["/svlm/description"] == len(described)
+    assert (out / "report.html").exists()
+
+
+def test_synth_bag_reference(tmp_path):
+    bag = tmp_path / "synth"
+    assert svlm(["synth-bag", str(bag), "--seconds", "30", "--cameras", "2", "--compressed", "--width", "64",
+                 "--height", "48"]) == 0
+    jsonl, vtt = reference_paths(bag)
+    segments = rows(jsonl)
+    assert {s["camera"] for s in segments} == {"/cam0/image_raw/compressed", "/cam1/image_raw/compressed"}
+    assert all(s["end"] - s["start"] == 1.0 and s["text"].endswith(".") for s in segments)
+    assert 0 < len(segments) < 60  # some seconds are quiet
+    assert vtt.with_name(vtt.name.replace(".reference.", ".reference.cam0.")).read_text().startswith("WEBVTT")
+    assert svlm(["synth-bag", str(bag), "--seconds", "3"]) == 2  # never overwrites
