@@ -196,3 +196,21 @@ def test_synth_bag_reference(tmp_path):
     assert 0 < len(segments) < 60  # some seconds are quiet
     assert vtt.with_name(vtt.name.replace(".reference.", ".reference.cam0.")).read_text().startswith("WEBVTT")
     assert svlm(["synth-bag", str(bag), "--seconds", "3"]) == 2  # never overwrites
+
+
+def test_replay_memory_stays_flat_on_a_long_bag(tmp_path):
+    """300 windows: the cache stops growing once the policy's windows are full, and the process
+    does not grow with the bag (a leak of one frame per window, 9 KiB, would add 2.6 MiB; one
+    of a window's features or cache state, far more)."""
+    bag = tmp_path / "long"
+    write_synthetic_bag(bag, 300, "mcap", compressed=True, height=48, width=64, fps=2)
+    out = tmp_path / "run"
+    # A small previous-text block (32 + 32 tokens) fills within the first minute of 4-token answers.
+    assert svlm(["replay", str(bag), "--out", str(out), "--set", "cache.sink_tokens=32",
+                 "--set", "cache.recent_tokens=32", *FAST]) == 0
+    samples = rows(out / "samples.jsonl")
+    assert len(samples) == 300
+    caches = [s["cache_tokens"] for s in samples]
+    assert max(caches[150:]) <= max(caches[50:150])  # bounded by the policy, not by time
+    rss = [s["rss_bytes"] for s in samples]
+    assert max(rss[100:]) - rss[100] < 8 * 2**20
