@@ -129,6 +129,22 @@ class EngineConfig:
 
 
 @dataclass
+class MemoryConfig:
+    """Long-term memory: the store of every described window (svlm_ros/memory/)."""
+
+    path: str = ""  # SQLite file; empty: $ROS_HOME/svlm/memory.sqlite (~/.ros/svlm/memory.sqlite)
+    retention_days: float = 14.0  # entries older than this are deleted
+    max_bytes: int = 8 * 2**30  # and the oldest are deleted while the file is larger
+    queue_size: int = 1000  # pending writes; when full, new entries are dropped and counted
+    merge_gap_s: float = 1.5  # a window this close after the last one with the same text extends it
+
+    def validate(self) -> None:
+        if self.retention_days <= 0 or self.max_bytes <= 0 or self.queue_size < 1 or self.merge_gap_s < 0:
+            raise ValueError("memory: retention_days and max_bytes must be > 0, queue_size >= 1, merge_gap_s >= 0; "
+                             f"got {self.retention_days}, {self.max_bytes}, {self.queue_size}, {self.merge_gap_s}")
+
+
+@dataclass
 class NodeConfig:
     """The ROS node's own settings (the engine's come from EngineConfig)."""
 
@@ -141,7 +157,8 @@ class NodeConfig:
     warm_up: bool = True  # at configure, describe one blank window per camera and forget it
     max_queued_windows: int = 1  # per camera; when inference falls behind, older windows are skipped
     camera_timeout_s: float = 5.0  # WARN when a camera sends nothing for this long
-    restart_after_s: float = 2.0  # a jump back in sensor time larger than this starts a fresh stream
+    restart_after_s: float = 2.0  # a jump in sensor time larger than this (back or forward) is a jump ...
+    jump_confirm_s: float = 1.0  # ... believed once the new timeline goes on this long (back: a fresh stream)
     ask_timeout_s: float = 30.0  # ~/ask gives up after this long
     diagnostics_period_s: float = 1.0
     inference_delay_s: float = 0.0  # testing aid: extra seconds per window, to simulate a slow model

@@ -1,4 +1,10 @@
-"""The svlm node over real rclpy: images in, descriptions out, services, lifecycle, bad input."""
+"""The svlm node over real rclpy: images in, descriptions out, services, lifecycle, bad input.
+
+Tests decide by events, never by the machine's speed: a publisher is used once the node has
+counted a probe frame from it (discovery done on both sides), a slow model is a worker held on
+an Event the test releases, and counts are read once the node says it has processed everything.
+"""
+import dataclasses
 import threading
 import time
 
@@ -15,6 +21,11 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
+from rcl_interfaces.srv import GetParameters
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from svlm_ros.engine.session import StreamSession
@@ -45,6 +56,7 @@ class Harness:
         self.peer = Node("peer", context=self.context)
         self.descriptions, self.texts, self.diagnostics = [], [], []
         self.peer.create_subscription(Description, "/svlm/description", self.descriptions.append, 50)
+        self.peer.create_subscription(String, "/svlm/text", lambda m: self.texts.append(m.data), 50)
         self.peer.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 50)
         self.publishers = {}
         self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
@@ -62,9 +74,26 @@ class Harness:
             kind = CompressedImage if topic.endswith("/compressed") else Image
             qos = 10 if reliable else qos_profile_sensor_data
             self.publishers[topic] = self.peer.create_publisher(kind, topic, qos)
-            wait_for(lambda: self.publishers[topic].get_subscription_count() > 0)
-            time.sleep(0.5)  # discovery completes on the subscriber's side too, or first frames are lost
+            self.sync(topic)
         return self.publishers[topic]
+
+    def sync(self, topic):
+        """Discovery is done on both sides once the node has counted a frame from this publisher.
+
+        The probe has a zero stamp, which the node counts and drops (it cannot join a window)."""
+        publisher = self.publishers[topic]
+        wait_for(lambda: publisher.get_subscription_count() > 0)
+        stream = self.node.scheduler.cameras[topic]
+        before = stream.stats.frames
+
+        def probed():
+            if stream.stats.frames > before:
+                return True
+            kind = CompressedImage if topic.endswith("/compressed") else Image
+            publisher.publish(kind())  # header.stamp = 0
+            return False
+
+        wait_for(probed, interval=0.05)
 
     def send(self, topic, seconds, frame=None, reliable=True, **fields):
         frame = moving_shapes(seconds, 48, 64) if frame is None else frame
@@ -103,13 +132,32 @@ class Harness:
         rclpy.shutdown(context=self.context)
 
 
-def wait_for(condition, timeout=30.0):
+def wait_for(condition, timeout=30.0, interval=0.02):
+    """Poll until `condition()`; the timeout only fails a test when something is really broken."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting")
-        time.sleep(0.02)
+        time.sleep(interval)
     return True
+
+
+class Gate:
+    """Holds the worker inside a camera's next windows until the test releases it: a slow model
+    whose slowness the test controls, whatever the machine's speed."""
+
+    def __init__(self, session):
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.session, self.original = session, session.step
+        session.step = self.step
+
+    def step(self, *args, **kwargs):
+        self.entered.set()
+        assert self.release.wait(60), "the test never released the worker"
+        return self.original(*args, **kwargs)
+
+    def open(self):
+        self.release.set()
 
 
 @pytest.fixture
@@ -129,15 +177,24 @@ def seconds_of(t):
     return t.sec + t.nanosec * 1e-9
 
 
+def settled(h, topic, frames):
+    """The node has counted `frames` frames of `topic` and described or skipped every closed window."""
+    stream = h.node.scheduler.cameras[topic]
+    wait_for(lambda: stream.stats.frames >= frames)
+    assert h.node.scheduler.wait_idle(timeout=60)
+    return stream.stats
+
+
 def test_one_description_per_second_of_sensor_time(harness):
     h = harness(reliable_qos=True, max_queued_windows=8)  # counts windows: none may be lost
     h.start()
     h.publisher(RAW, reliable=True)
+    probes = h.stats(RAW).frames
     for i in range(42):  # four whole windows, and one still open
         h.send(RAW, 1000.0 + i / 10, reliable=True)
-        time.sleep(0.01)
+    stats = settled(h, RAW, probes + 42)
+    assert stats.processed_windows == 4 and stats.late_frames == 0
     wait_for(lambda: len(h.descriptions) >= 4)
-    time.sleep(0.5)
     assert len(h.descriptions) == 4
     for index, msg in enumerate(h.descriptions):
         assert msg.index == index and msg.camera == RAW and msg.header.frame_id == "cam"
@@ -147,12 +204,30 @@ def test_one_description_per_second_of_sensor_time(harness):
         assert msg.latency > 0 and msg.cache_tokens > 0 and msg.generated_tokens > 0
 
 
+def test_each_camera_keeps_its_frames_in_order(harness):
+    """Frames sent back to back, as fast as possible: none may overtake another and be dropped as late.
+
+    With the cameras' callbacks in one reentrant group, a multi-threaded executor ran one topic's
+    frames on several threads at once; one group per camera serializes them."""
+    h = harness(image_topics=[RAW, COMPRESSED], reliable_qos=True, max_queued_windows=8)
+    h.start()
+    groups = [sub.callback_group for sub in h.node._image_subscriptions]
+    assert all(isinstance(g, MutuallyExclusiveCallbackGroup) for g in groups) and groups[0] is not groups[1]
+    h.publisher(RAW), h.publisher(COMPRESSED)
+    before = {t: h.stats(t).frames for t in (RAW, COMPRESSED)}
+    for i in range(60):
+        h.send(RAW, 10.0 + i / 20)
+        h.send(COMPRESSED, 10.0 + i / 20)
+    for topic in (RAW, COMPRESSED):
+        assert settled(h, topic, before[topic] + 60).late_frames == 0
+
+
 @pytest.mark.parametrize("publisher_reliable", [False, True], ids=["best-effort-camera", "reliable-camera"])
 def test_default_sensor_qos_hears_both_kinds_of_camera(harness, publisher_reliable):
     h = harness(reliable_qos=False)  # the default: sensor-data QoS, best effort
     h.start()
     h.publisher(RAW, reliable=publisher_reliable)
-    h.stream(RAW, 0.0, 3.0, reliable=publisher_reliable)
+    h.stream(RAW, 10.0, 3.0, reliable=publisher_reliable)
     wait_for(lambda: h.descriptions)
     assert h.stats(RAW).frames >= 20
 
@@ -165,7 +240,6 @@ def test_compressed_and_raw_cameras_at_once(harness):
     for i in range(32):
         h.send(RAW, 10.0 + i / 10, reliable=True)
         h.send(COMPRESSED, 50.0 + i / 10, reliable=True)
-        time.sleep(0.01)
     wait_for(lambda: {m.camera for m in h.descriptions} == {RAW, COMPRESSED} and len(h.descriptions) >= 6)
     by_camera = {c: [m for m in h.descriptions if m.camera == c] for c in (RAW, COMPRESSED)}
     assert [m.index for m in by_camera[RAW]] == [0, 1, 2]
@@ -174,24 +248,35 @@ def test_compressed_and_raw_cameras_at_once(harness):
 
 
 def test_slow_model_skips_windows_instead_of_lagging(harness):
-    h = harness(inference_delay_s=1.8, reliable_qos=True)
+    """Sensor time and the model's slowness are both driven by the test: the worker is held inside
+    window 0 while windows 1..7 close; the queue keeps only the newest, so 1..6 are skipped."""
+    h = harness(reliable_qos=True, max_queued_windows=1)
     h.start()
+    gate = Gate(h.node.scheduler.cameras[RAW].session)
     h.publisher(RAW, reliable=True)
-    h.stream(RAW, 0.0, 8.15, pace=0.1, reliable=True)  # frames 0.0 .. 8.0 close windows 0..7  # 8 s of video in real time; inference takes ~2 s per window
-    stats = h.stats(RAW)
-    wait_for(lambda: len(h.descriptions) + stats.skipped_windows == 8)
-    assert stats.skipped_windows >= 1
-    assert seconds_of(h.descriptions[-1].window_start) == pytest.approx(7.0)  # the newest window is described
+    probes = h.stats(RAW).frames
+    for i in range(11):  # 10.0 .. 11.0: window 0 closes
+        h.send(RAW, 10 + i / 10)
+    assert gate.entered.wait(30)
+    for i in range(11, 81):  # 11.1 .. 18.0: windows 1..7 close while the model is busy
+        h.send(RAW, 10 + i / 10)
+    wait_for(lambda: h.stats(RAW).frames == probes + 81)
+    gate.open()
+    stats = settled(h, RAW, probes + 81)
+    assert stats.skipped_windows == 6 and stats.processed_windows == 2
+    wait_for(lambda: len(h.descriptions) == 2)
+    assert [seconds_of(m.window_start) for m in h.descriptions] == pytest.approx([10.0, 17.0])  # the newest
 
 
 def test_services_answer_while_inference_is_busy(harness):
-    h = harness(inference_delay_s=2.0)
+    h = harness()
     h.start()
-    h.stream(RAW, 0.0, 2.05)
-    wait_for(lambda: h.node.scheduler.busy_since is not None)
-    started = time.monotonic()
+    gate = Gate(h.node.scheduler.cameras[RAW].session)
+    h.stream(RAW, 10.0, 1.15, pace=0)  # frames 10.0 .. 11.0: window 0 closes
+    assert gate.entered.wait(30)
     reset = h.call(Trigger, "/svlm/reset", Trigger.Request())
-    assert reset.success and time.monotonic() - started < 1.5  # while a 2-s window is in the works
+    assert reset.success and not gate.release.is_set()  # answered while the worker was held in a window
+    gate.open()
     wait_for(lambda: h.descriptions)
     answer = h.call(Ask, "/svlm/ask", Ask.Request(question="What do you see?"), timeout=60)
     assert answer.success and answer.answer, answer.message
@@ -199,47 +284,145 @@ def test_services_answer_while_inference_is_busy(harness):
     assert not unknown.success and "unknown camera" in unknown.message
 
 
+def test_parameters_answer_while_a_model_loads(harness, monkeypatch):
+    """`ros2 param get` during a slow `ros2 lifecycle set configure`: lifecycle and parameter
+    services have groups of their own, so a get is served while the load blocks."""
+    import svlm_ros.node.svlm_node as node_module
+
+    loading, release = threading.Event(), threading.Event()
+    real_load = node_module.load_model
+
+    def slow_load(config):
+        loading.set()
+        assert release.wait(60)
+        return real_load(config)
+
+    monkeypatch.setattr(node_module, "load_model", slow_load)
+    h = harness()
+    client = h.peer.create_client(ChangeState, "/svlm/change_state")
+    assert client.wait_for_service(timeout_sec=10)
+    configure = client.call_async(ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE)))
+    assert loading.wait(30)
+    try:
+        got = h.call(GetParameters, "/svlm/get_parameters", GetParameters.Request(names=["model"]), timeout=10)
+        assert got.values[0].string_value == "tiny-random" and not release.is_set()
+    finally:
+        release.set()
+    wait_for(configure.done, 60)
+    assert configure.result().success
+
+
 def test_bad_inputs_keep_the_node_alive_and_are_reported(harness):
     # Reliable delivery, so that every bad message surely arrives and is counted.
     h = harness(image_topics=[RAW, COMPRESSED], reliable_qos=True, max_queued_windows=8)
     h.start()
     raw, compressed = h.publisher(RAW, reliable=True), h.publisher(COMPRESSED, reliable=True)
-    h.stream(RAW, 100.0, 1.5, reliable=True)
-    h.send(RAW, 101.6, frame=np.zeros((48, 64, 3), np.uint8), encoding="32FC7", reliable=True)  # unsupported
-    raw.publish(Image(height=0, width=0, encoding="rgb8"))  # zero-size
-    compressed.publish(CompressedImage(format="jpeg", data=b"\xff\xd8 not a jpeg"))  # corrupt
-    h.send(RAW, 100.2, reliable=True)  # one late frame
-    h.stream(RAW, 101.7, 1.5, reliable=True)
+    probes = h.stats(RAW).frames
+    h.stream(RAW, 100.0, 1.5, pace=0)
+    h.send(RAW, 101.5, frame=np.zeros((48, 64, 3), np.uint8), encoding="32FC7")  # unsupported (a sampled instant)
+    zero_size = Image(height=0, width=0, encoding="rgb8")
+    zero_size.header.stamp = stamp(101.6)
+    raw.publish(zero_size)
+    corrupt = CompressedImage(format="jpeg", data=b"\xff\xd8 not a jpeg")
+    corrupt.header.stamp = stamp(7.0)
+    compressed.publish(corrupt)
+    h.send(RAW, 100.2)  # one late frame
+    h.send(RAW, 3.0)  # one frame far in the past (a clock glitch): dropped, the stream goes on
+    h.stream(RAW, 101.7, 1.5, pace=0)
     for i in range(15):  # a resolution change
-        h.send(RAW, 103.2 + i / 10, frame=moving_shapes(i, 96, 64), reliable=True)
-        time.sleep(0.01)
-    h.stream(RAW, 20.0, 2.2, reliable=True)  # the bag loops: time jumps back
-    wait_for(lambda: h.stats(RAW).restarts == 1
-             and any(m.index == 1 and seconds_of(m.window_start) == pytest.approx(21.0) for m in h.descriptions))
-    stats_raw, stats_compressed = h.stats(RAW), h.stats(COMPRESSED)
-    assert stats_raw.bad_frames == 2 and stats_compressed.bad_frames == 1 and stats_raw.late_frames == 1
+        h.send(RAW, 103.2 + i / 10, frame=moving_shapes(i, 96, 64))
+    h.stream(RAW, 20.0, 2.2, pace=0)  # the bag loops: time jumps back and goes on
+    stats_raw = settled(h, RAW, probes + 15 + 3 + 1 + 15 + 15 + 22)
+    wait_for(lambda: any(m.index == 1 and seconds_of(m.window_start) == pytest.approx(21.0) for m in h.descriptions))
+    stats_compressed = h.stats(COMPRESSED)
+    assert stats_raw.restarts == 1 and stats_raw.resolution_changes == 2  # 64x48 -> 96x64, and back at the loop
+    assert stats_raw.bad_frames == 2 and stats_compressed.bad_frames == 1 and stats_raw.late_frames == 2
     assert stats_raw.failed_windows == 0
     described = [seconds_of(m.window_start) for m in h.descriptions if m.camera == RAW]
-    assert described[:4] == pytest.approx([100.0, 101.0, 102.0, 103.0])  # the resolution change went through
-    wait_for(lambda: any(s.name.endswith(RAW) and any(v.key == "bad_frames" and v.value == "2" for v in s.values)
+    assert described[:5] == pytest.approx([100.0, 101.0, 102.0, 103.0, 104.0])  # context kept over the glitch
+    assert [m.index for m in h.descriptions if m.camera == RAW][:5] == [0, 1, 2, 3, 4]
+
+    def reported(name, key, value):
+        return any(s.name.endswith(name) and any(v.key == key and v.value == value for v in s.values)
+                   for a in h.diagnostics for s in a.status)
+
+    wait_for(lambda: reported(RAW, "bad_frames", "2") and reported(RAW, "resolution_changes", "2"))
+
+
+def test_zero_stamps_are_warned_counted_and_reported(harness):
+    h = harness()
+    h.start()
+    h.publisher(RAW)
+    for _ in range(5):
+        h.send(RAW, 0.0)
+    wait_for(lambda: h.stats(RAW).zero_stamps >= 6)  # the probe too
+    wait_for(lambda: any(s.name.endswith(RAW) and s.level == s.WARN and "header.stamp" in s.message
                          for a in h.diagnostics for s in a.status))
+    assert h.stats(RAW).processed_windows == 0
+
+
+def test_text_topic_and_publish_silent_false(harness):
+    h = harness(publish_silent=False, max_queued_windows=8)
+    h.start()
+    session = h.node.scheduler.cameras[RAW].session
+    step = session.step
+
+    def every_other_window_silent(*args, **kwargs):
+        result = step(*args, **kwargs)
+        return dataclasses.replace(result, silent=True, text="") if result.index % 2 else result
+
+    session.step = every_other_window_silent
+    h.publisher(RAW)
+    probes = h.stats(RAW).frames
+    h.stream(RAW, 10.0, 4.1, pace=0)
+    assert settled(h, RAW, probes + 41).processed_windows == 4
+    wait_for(lambda: len(h.descriptions) == 2 and len(h.texts) == 2)
+    assert [m.index for m in h.descriptions] == [0, 2] and not any(m.silent for m in h.descriptions)
+    assert h.texts == [m.text for m in h.descriptions]
+
+
+def test_diagnostics_run_on_wall_time_with_sim_time_and_no_clock(harness):
+    """use_sim_time without /clock (or after a bag ends): the ROS clock stands still, diagnostics do not."""
+    h = harness(use_sim_time=True, diagnostics_period_s=0.1)
+    wait_for(lambda: len(h.diagnostics) >= 2)
+
+
+def test_diagnostics_period_applies_when_changed(harness):
+    h = harness()
+    old_timer = h.node._diagnostics_timer
+    assert h.node.set_parameters([Parameter("diagnostics_period_s", value=0.25)])[0].successful
+    assert h.node._diagnostics_timer is not old_timer
+    assert h.node._diagnostics_timer.timer_period_ns == 250_000_000
+    assert not h.node.set_parameters([Parameter("diagnostics_period_s", value=0.0)])[0].successful
+
+
+def test_parameters_are_described_with_ranges(harness):
+    h = harness()
+    fps = h.node.describe_parameter("frames.fps")
+    assert "frames sampled per second" in fps.description and fps.floating_point_range
+    depth = h.node.describe_parameter("qos_depth")
+    assert depth.integer_range[0].from_value == 1
+    assert not h.node.set_parameters([Parameter("qos_depth", value=0)])[0].successful
 
 
 def test_lifecycle_transitions(harness):
     h = harness()
     assert h.node.scheduler is None
     h.start()
-    h.stream(RAW, 0.0, 1.2)
+    h.stream(RAW, 10.0, 1.2)
     wait_for(lambda: h.descriptions)
     assert h.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
-    count = len(h.descriptions)
-    h.stream(RAW, 1.2, 1.5)
-    time.sleep(0.5)
-    assert len(h.descriptions) == count  # inactive: nothing described
+    assert not h.node._image_subscriptions and not h.node.scheduler.worker_alive()
+    processed = h.stats(RAW).processed_windows
+    wait_for(lambda: h.publishers[RAW].get_subscription_count() == 0)
+    h.stream(RAW, 11.2, 1.5, pace=0)  # nobody listens: inactive, nothing is described
+    assert h.stats(RAW).processed_windows == processed
     assert h.node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
     assert h.node.scheduler is None and h.node.loaded is None
     h.start()  # configure and activate again
-    h.stream(RAW, 5.0, 1.2)
+    count = len(h.descriptions)
+    h.sync(RAW)
+    h.stream(RAW, 15.0, 1.2)
     wait_for(lambda: len(h.descriptions) > count)
     assert h.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
     assert h.node.trigger_shutdown() == TransitionCallbackReturn.SUCCESS
@@ -248,11 +431,25 @@ def test_lifecycle_transitions(harness):
 def test_a_model_that_fails_to_load_is_an_error_state(harness, tmp_path):
     h = harness(model=str(tmp_path / "missing"))
     assert h.node.trigger_configure() == TransitionCallbackReturn.FAILURE
-    assert "failed to load" in h.node.model_error
+    assert "failed to load" in h.node.model_error and "does not exist" in h.node.model_error
     wait_for(lambda: any(s.level == s.ERROR and "failed to load" in s.message
                          for a in h.diagnostics for s in a.status))
     state = h.call(GetState, "/svlm/get_state", GetState.Request()).current_state
     assert state.label == "unconfigured"  # the lifecycle state a ROS user sees
+
+
+def test_an_error_after_the_model_loads_is_logged_reported_and_frees_the_model(harness, monkeypatch):
+    import svlm_ros.node.svlm_node as node_module
+
+    def refuse(*args, **kwargs):
+        raise ValueError("decode_mode cuda_graph needs sdpa or eager attention")
+
+    monkeypatch.setattr(node_module, "Scheduler", refuse)
+    h = harness()
+    assert h.node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "cuda_graph needs sdpa" in h.node.model_error
+    assert h.node.loaded is None and h.node.scheduler is None
+    wait_for(lambda: any(s.level == s.ERROR and "cuda_graph" in s.message for a in h.diagnostics for s in a.status))
 
 
 def test_configure_warms_each_camera_up_and_starts_its_stream_fresh(harness, monkeypatch):
@@ -286,10 +483,11 @@ def test_parameters_are_validated(harness):
     assert not results[0].successful and "dtype" in results[0].reason
     results = h.node.set_parameters([Parameter("image_topics", value=[RAW, RAW])])
     assert not results[0].successful and "duplicates" in results[0].reason
+    assert h.node.set_parameters([Parameter("use_sim_time", value=False)])[0].successful  # rclpy's, not ours
     h.start()
     results = h.node.set_parameters([Parameter("prompt.instruction", value="Count the boxes.")])
     assert results[0].successful
-    h.stream(RAW, 0.0, 1.2)
+    h.stream(RAW, 10.0, 1.2)
     wait_for(lambda: h.descriptions)
     session = h.node.scheduler.cameras[RAW].session
     queries = [s.tokens.tolist() for s in session.table.segments if s.kind.value == "query"]

@@ -213,16 +213,22 @@ def _resolve_checkpoint(name: str) -> Path:
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
         return path
-    if path.exists() or name.count("/") != 1:
-        raise FileNotFoundError(f"model {name!r} is not a directory, a hub id, or one of {', '.join(RANDOM_MODELS)}")
+    if path.exists():
+        raise FileNotFoundError(f"model {name!r} is a file, not a model directory, a hub id, or one of "
+                                f"{', '.join(RANDOM_MODELS)}")
+    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") != 1
+    if looks_like_path:
+        raise FileNotFoundError(f"model path {str(path)!r} does not exist; set `model` to a local StreamingVLM "
+                                f"checkpoint directory, a hub id already downloaded, or one of {', '.join(RANDOM_MODELS)}")
     from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(name, local_files_only=True))
     except Exception as error:  # the hub raises several types for "not in the local cache"
         raise FileNotFoundError(
-            f"hub model {name!r} is not in the local Hugging Face cache and this node never downloads at run "
-            f"time; fetch it first (huggingface-cli download {name}) or pass a local directory ({error})"
+            f"model {name!r} is neither a local directory (no such path) nor a hub model in the local Hugging Face "
+            f"cache, and this node never downloads at run time; fetch it first (huggingface-cli download {name}) "
+            f"or pass an existing local directory ({error})"
         ) from error
 
 

@@ -25,8 +25,9 @@ def to_rgb(msg) -> np.ndarray:
     except Exception as error:  # rosbags-image and OpenCV raise several types for bad data
         kind = getattr(msg, "format", None) or getattr(msg, "encoding", "?")
         compressed = hasattr(msg, "format")
-        reason = str(error) or ("OpenCV could not decode the data (corrupt or truncated)" if compressed
-                                else "the data does not match its encoding, width, height and step")
+        # OpenCV signals bad compressed data by returning None, which reaches here with no message.
+        reason = str(error) or (f"OpenCV could not decode the {_format_name(kind)} data (corrupt or truncated)"
+                                if compressed else "the data does not match its encoding, width, height and step")
         raise BadImage(f"cannot decode {kind!r} image: {reason}",
                        "corrupt_compressed" if compressed else _raw_cause(msg, error)) from error
     if image is None or image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
@@ -35,6 +36,12 @@ def to_rgb(msg) -> np.ndarray:
         image = (image.astype(np.float32) / np.iinfo(image.dtype).max * 255).astype(np.uint8)
     return np.ascontiguousarray(image)
 
+
+def _format_name(fmt: str) -> str:
+    name = fmt.split(";")[0].strip().upper()  # image_transport writes "rgb8; jpeg compressed bgr8"
+    if "JPEG" in fmt.upper() or name == "JPG":
+        return "JPEG"
+    return "PNG" if "PNG" in fmt.upper() else (name or "compressed")
 
 
 def _raw_cause(msg, error: Exception) -> str:

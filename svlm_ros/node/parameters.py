@@ -7,18 +7,73 @@ unlimited, and for seed/top_k/top_p -1 means unset.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
-from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 
 from ..config import EngineConfig, ModelConfig, NodeConfig
 
 UNSET = -1
-# Settings that take effect while the node runs; the rest apply at the next configure.
-RUNTIME = {"prompt.instruction", "publish_silent", "publish_text", "camera_timeout_s", "inference_delay_s"}
+# Settings that take effect while the node runs; the rest apply at the next configure (the node
+# says so in its log when one is changed).
+RUNTIME = {"prompt.instruction", "publish_silent", "publish_text", "camera_timeout_s", "inference_delay_s",
+           "ask_timeout_s", "diagnostics_period_s"}
+# Read once when the process starts.
+AT_START = {"autostart"}
 OPTIONAL_INT = {"cache.vision_windows", "cache.text_windows", "cache.sink_tokens", "cache.recent_tokens",
                 "generation.seed", "generation.top_k"}
 OPTIONAL_FLOAT = {"generation.top_p"}
+BIG = 2**31 - 1
+# name: (what it does, (min, max) or None). `ros2 param describe` shows both.
+DESCRIPTIONS: Dict[str, Tuple[str, Optional[Tuple[float, float]]]] = {
+    "model": ("StreamingVLM checkpoint: a local Hugging Face directory, a hub id already in the local cache, "
+              "or tiny-random / small-random (random weights, meaningless words)", None),
+    "device": ("where the model runs: auto, cpu, cuda, cuda:N", None),
+    "dtype": ("auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16", None),
+    "attn_implementation": ("auto (flash_attention_2 if installed on CUDA, else sdpa), sdpa, eager, "
+                            "flash_attention_2", None),
+    "seed": ("seed of the random weights of tiny-random / small-random", (0, BIG)),
+    "cache.vision_windows": ("keep the vision tokens of the last N windows (-1: all)", (-1, BIG)),
+    "cache.text_windows": ("keep the answers of the last N windows in their turns (-1: all)", (-1, BIG)),
+    "cache.sink_tokens": ("previous-text block: first N tokens kept (-1: all)", (-1, BIG)),
+    "cache.recent_tokens": ("previous-text block: last N tokens kept (-1: all)", (-1, BIG)),
+    "frames.fps": ("frames sampled per second of video", (0.1, 60.0)),
+    "frames.window_seconds": ("seconds of video per description", (0.1, 60.0)),
+    "frames.min_pixels": ("per frame after resizing, at least", (784, 2**26)),
+    "frames.max_pixels": ("per frame after resizing, at most", (784, 2**26)),
+    "generation.max_new_tokens": ("most tokens per window's description", (1, 4096)),
+    "generation.answer_max_new_tokens": ("most tokens per ~/ask answer", (1, 4096)),
+    "generation.do_sample": ("sample (true) or greedy decoding (false)", None),
+    "generation.temperature": ("sampling temperature", (0.0, 10.0)),
+    "generation.top_p": ("nucleus sampling (-1: off)", (-1.0, 1.0)),
+    "generation.top_k": ("top-k sampling (-1: off)", (-1, BIG)),
+    "generation.repetition_penalty": ("penalty on repeated tokens (1: none)", (0.01, 10.0)),
+    "generation.seed": ("sampling seed (-1: unseeded)", (-1, BIG)),
+    "generation.silence_marker": ("an answer ending in this means nothing new: published with silent=true", None),
+    "generation.ignore_end_of_turn": ("benchmarks: always generate max_new_tokens", None),
+    "generation.decode_mode": ("auto, dynamic, static, cuda_graph (see README: How the streaming cache works)", None),
+    "prompt.system": ("system prompt", None),
+    "prompt.context": ("initial text of the previous-text block", None),
+    "prompt.instruction": ("the standing instruction, in the stream's first turn", None),
+    "prompt.max_question_tokens": ("a longer ~/ask question is refused", (1, 65536)),
+    "image_topics": ("camera topics; a name ending in /compressed is sensor_msgs/CompressedImage", None),
+    "reliable_qos": ("false: sensor-data QoS (best effort, hears both kinds of camera); true: reliable", None),
+    "qos_depth": ("image subscription history depth", (1, 1000)),
+    "publish_silent": ("publish windows with nothing new, with silent=true", None),
+    "publish_text": ("also publish the words alone on ~/text", None),
+    "autostart": ("configure and activate on start, without a lifecycle manager", None),
+    "warm_up": ("at configure, describe one blank window per camera and forget it", None),
+    "max_queued_windows": ("windows waiting per camera; when inference falls behind older ones are skipped",
+                           (1, 1000)),
+    "camera_timeout_s": ("diagnostics WARN when a camera sends nothing for this long", (0.01, 86400.0)),
+    "restart_after_s": ("a jump in sensor time larger than this (back, or forward past the newest frame) is "
+                        "only believed once it goes on for jump_confirm_s; back: a fresh stream", (0.01, 86400.0)),
+    "jump_confirm_s": ("seconds a new timeline must go on before a jump is believed; a shorter one is a "
+                       "glitch and its frames are dropped", (0.0, 3600.0)),
+    "ask_timeout_s": ("~/ask gives up after this long", (0.01, 3600.0)),
+    "diagnostics_period_s": ("seconds between /diagnostics messages (wall time)", (0.01, 3600.0)),
+    "inference_delay_s": ("testing aid: extra seconds per window, to simulate a slow model", (0.0, 3600.0)),
+}
 HIDDEN = {"random_config"}
 
 
@@ -51,12 +106,21 @@ def descriptor(name: str, value: Any) -> ParameterDescriptor:
     kinds = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
              float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
              list: ParameterType.PARAMETER_STRING_ARRAY}
-    text = f"svlm_ros setting {name}; see config/svlm.yaml"
-    if name in OPTIONAL_INT or name in OPTIONAL_FLOAT:
-        text += " (-1: unlimited/unset)"
-    constraint = "changes apply at once" if name in RUNTIME else "changes apply at the next configure"
-    return ParameterDescriptor(name=name, type=kinds[type(value)], description=text,
-                               additional_constraints=constraint)
+    text, bounds = DESCRIPTIONS.get(name, (f"svlm_ros setting {name}; see config/svlm.yaml", None))
+    if name in RUNTIME:
+        constraint = "changes apply at once"
+    elif name in AT_START:
+        constraint = "read when the node starts"
+    else:
+        constraint = "changes apply at the next configure"
+    result = ParameterDescriptor(name=name, type=kinds[type(value)], description=text,
+                                 additional_constraints=constraint)
+    if bounds is not None and isinstance(value, float):
+        result.floating_point_range = [FloatingPointRange(from_value=float(bounds[0]), to_value=float(bounds[1]),
+                                                          step=0.0)]
+    elif bounds is not None and isinstance(value, int) and not isinstance(value, bool):
+        result.integer_range = [IntegerRange(from_value=int(bounds[0]), to_value=int(bounds[1]), step=1)]
+    return result
 
 
 def build_configs(values: Dict[str, Any]) -> Tuple[ModelConfig, EngineConfig, NodeConfig]:
@@ -80,6 +144,8 @@ def build_configs(values: Dict[str, Any]) -> Tuple[ModelConfig, EngineConfig, No
     for name in ("camera_timeout_s", "restart_after_s", "ask_timeout_s", "diagnostics_period_s"):
         if getattr(node, name) <= 0:
             raise ValueError(f"{name} must be > 0, got {getattr(node, name)}")
+    if node.jump_confirm_s < 0:
+        raise ValueError(f"jump_confirm_s must be >= 0, got {node.jump_confirm_s}")
     if node.qos_depth < 1:
         raise ValueError(f"qos_depth must be >= 1, got {node.qos_depth}")
     if node.max_queued_windows < 1:

@@ -29,13 +29,20 @@ log = logging.getLogger(__name__)
 @dataclass
 class CameraStats:
     frames: int = 0
-    late_frames: int = 0
+    late_frames: int = 0  # dropped: late, out of order, or a jump in time that did not go on
     bad_frames: int = 0
     skipped_windows: int = 0
     empty_windows: int = 0
     restarts: int = 0
+    forward_jumps: int = 0
     processed_windows: int = 0
     failed_windows: int = 0
+    unconverted_frames: int = 0  # not needed by the sampler, so never decoded
+    zero_stamps: int = 0
+    repeated_stamps: int = 0
+    resolution_changes: int = 0
+    resolution: str = ""
+    stamp_problem: str = ""  # set while the camera's stamps are unusable, for a WARN in diagnostics
     last_frame_wall: Optional[float] = None
     latencies: Deque[float] = field(default_factory=lambda: collections.deque(maxlen=120))
     last_cache_tokens: int = 0
@@ -44,7 +51,16 @@ class CameraStats:
     def as_dict(self) -> Dict[str, object]:
         """Counters for reports (the rolling latencies and wall times stay out)."""
         return {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(self).items()
-                if k not in ("latencies", "last_frame_wall")}
+                if k not in ("latencies", "last_frame_wall", "stamp_problem", "resolution")}
+
+
+class FrameWarning(str):
+    """A warning to log, with its kind, so a node can throttle per (camera, kind)."""
+
+    def __new__(cls, text: str, kind: str):
+        warning = super().__new__(cls, text)
+        warning.kind = kind
+        return warning
 
 
 @dataclass
@@ -55,12 +71,17 @@ class Described:
     latency_s: float
 
 
+# Repeated stamps are only worth a warning when they persist; one duplicate is harmless.
+REPEATED_STAMPS_WARN = 3
+
+
 class CameraStream:
     def __init__(self, name: str, loaded: LoadedModel, engine: EngineConfig, node: NodeConfig):
         self.name = name
         self.session = StreamSession(loaded, engine)
         frames = engine.frames
-        self.assembler = WindowAssembler(frames.window_seconds, frames.frames_per_window, node.restart_after_s)
+        self.assembler = WindowAssembler(frames.window_seconds, frames.frames_per_window, node.restart_after_s,
+                                         node.jump_confirm_s)
         self.queue: Deque[tuple] = collections.deque(maxlen=max(1, node.max_queued_windows))
         self.stats = CameraStats()
         # A new stream (time jumped back, ~/reset) bumps the generation; the
@@ -73,20 +94,74 @@ class CameraStream:
         self.last_result: Optional[WindowResult] = None
         self.on_skip: Optional[Callable[[Window], None]] = None  # told of each window the queue drops
         self.lock = threading.Lock()
+        self._last_stamp: Optional[float] = None
+        self._repeats = 0
 
     def feed(self, stamp_s: float, msg) -> List[str]:
-        """One image message (rclpy or rosbags): convert, count a bad frame, or add it.
+        """One image message (rclpy or rosbags): check, convert if the sampler needs it, and add it.
 
         The node's image callback and the replay tool both come through here, so a bag is
-        described exactly as the camera would be. Returns warnings to log (already counted)."""
+        described exactly as the camera would be. Only frames the sampler keeps are converted
+        (at 2 fps from a 30-Hz camera, one in fifteen), so a defect that only decoding reveals
+        (a corrupt JPEG) is noticed on sampled frames only. Returns warnings to log (already
+        counted)."""
+        return self.feed_lazy(stamp_s, lambda: msg)
+
+    def feed_lazy(self, stamp_s: float, load: Callable[[], object]) -> List[str]:
+        """`feed` for a message that is costly to get (deserialized on demand): `load()` returns it."""
+        with self.lock:
+            self.stats.frames += 1
+            self.stats.last_frame_wall = time.monotonic()
+            warnings = self._check_stamp(stamp_s)
+            if warnings is not None:
+                return warnings
+            if not self.assembler.wants(stamp_s):
+                self.stats.unconverted_frames += 1
+                return self._add(stamp_s, None)
+        # Converting outside the lock keeps the worker's `take` from waiting on a decode;
+        # one camera's callbacks run one at a time (the node gives each camera its own group).
         try:
+            msg = load()
             frame = to_rgb(msg)
         except BadImage as error:
             with self.lock:
                 self.stats.bad_frames += 1
                 self.stats.bad_frames_by_cause[error.cause] = self.stats.bad_frames_by_cause.get(error.cause, 0) + 1
-            return [f"{error}; frame dropped"]
-        return self.add_frame(stamp_s, frame)
+            return [FrameWarning(f"{error}; frame dropped", error.cause)]
+        with self.lock:
+            warnings = self._check_resolution(frame)
+            return warnings + self._add(stamp_s, frame)
+
+    def _check_stamp(self, stamp_s: float) -> Optional[List[str]]:
+        if stamp_s == 0.0:
+            self.stats.zero_stamps += 1
+            self.stats.stamp_problem = "frames have a zero header.stamp"
+            return [FrameWarning(
+                "frame has header.stamp = 0: the camera driver sets no stamp, and windows are cut by "
+                "sensor time; stamp each frame with its capture time (or the receive time) in the driver; "
+                "frame dropped", "zero_stamp")]
+        if stamp_s == self._last_stamp:
+            self._repeats += 1
+            self.stats.repeated_stamps += 1
+            if self._repeats >= REPEATED_STAMPS_WARN:
+                self.stats.stamp_problem = f"{self._repeats + 1} frames in a row share header.stamp {stamp_s:.3f}"
+                return [FrameWarning(
+                    f"{self._repeats + 1} frames in a row carry the same header.stamp ({stamp_s:.3f} s): "
+                    "the camera driver does not stamp each frame, and windows are cut by sensor time; "
+                    "stamp each frame with its capture time; repeated frames dropped", "repeated_stamp")]
+            return []
+        self._last_stamp, self._repeats = stamp_s, 0
+        self.stats.stamp_problem = ""
+        return None
+
+    def _check_resolution(self, frame: np.ndarray) -> List[str]:
+        size = f"{frame.shape[1]}x{frame.shape[0]}"
+        previous, self.stats.resolution = self.stats.resolution, size
+        if previous and previous != size:
+            self.stats.resolution_changes += 1
+            return [FrameWarning(f"resolution changed from {previous} to {size}; frames are resized to the "
+                                 "model's grid, so the stream goes on", "resolution")]
+        return []
 
     def flush(self) -> None:
         """The input ended (a bag, a file): queue the open window, which no later frame will close."""
@@ -96,22 +171,44 @@ class CameraStream:
                 self._enqueue(window)
 
     def add_frame(self, stamp_s: float, frame: np.ndarray) -> List[str]:
-        """Called from the image callback; returns warnings to log (already counted)."""
-        warnings = []
+        """A converted frame; returns warnings to log (already counted)."""
         with self.lock:
             self.stats.frames += 1
             self.stats.last_frame_wall = time.monotonic()
-            added = self.assembler.add(stamp_s, frame)
-            if added.late:
-                self.stats.late_frames += 1
-                warnings.append(f"dropped a late or out-of-order frame (stamp {stamp_s:.3f} s)")
-            if added.restarted:
-                self.stats.restarts += 1
-                self.generation += 1
-                warnings.append(f"sensor time jumped back to {stamp_s:.3f} s: starting a fresh stream")
-            self.stats.empty_windows += added.skipped_empty
-            for window in added.windows:
-                self._enqueue(window)
+            return self._add(stamp_s, frame)
+
+    def _add(self, stamp_s: float, frame: Optional[np.ndarray]) -> List[str]:
+        warnings = []
+        added = self.assembler.add(stamp_s, frame)
+        if added.late:
+            self.stats.late_frames += 1
+            warnings.append(FrameWarning(f"dropped a late or out-of-order frame (stamp {stamp_s:.3f} s, "
+                                         f"open window starts at {self.assembler.window_start:.3f} s)", "late"))
+        if added.dropped_jump:
+            self.stats.late_frames += added.dropped_jump
+            warnings.append(FrameWarning(
+                f"dropped {added.dropped_jump} frame(s) whose stamps jumped away from the stream's time and "
+                f"did not go on for jump_confirm_s={self.assembler.confirm_s} s (a clock glitch); the stream "
+                "keeps its context", "late"))
+        if added.held and self.assembler.pending_jump.frames == 1:
+            jump = self.assembler.pending_jump
+            warnings.append(FrameWarning(
+                f"sensor time jumped {'back' if jump.backward else 'forward'} to {stamp_s:.3f} s; believed if it "
+                f"goes on for jump_confirm_s={self.assembler.confirm_s} s", "jump"))
+        if added.ended is not None:
+            self._enqueue(added.ended)
+        if added.restarted:
+            self.stats.restarts += 1
+            self.generation += 1
+            warnings.append(FrameWarning(f"sensor time jumped back to {self.assembler.anchor:.3f} s and went on: "
+                                         "starting a fresh stream", "restart"))
+        if added.jumped_forward:
+            self.stats.forward_jumps += 1
+            warnings.append(FrameWarning(f"sensor time jumped forward to {stamp_s:.3f} s and went on: the stream "
+                                         "continues after the gap", "jump"))
+        self.stats.empty_windows += added.skipped_empty
+        for window in added.windows:
+            self._enqueue(window)
         return warnings
 
     def _enqueue(self, window: Window) -> None:
@@ -143,18 +240,52 @@ class Scheduler:
         self.busy_since: Optional[float] = None
         self.last_error: Optional[str] = None
         self._idle = threading.Event()  # set after each window, for wait_idle
+        self.worker_restarts = 0
+        self.publish_errors = 0
 
-    def start(self) -> None:
+    def start(self, wait_s: float = 0.0) -> None:
+        """Start the worker; waits up to `wait_s` for an earlier worker still finishing its window, then
+        refuses (two workers would share one session's cache)."""
+        if self._thread is not None:
+            self._thread.join(wait_s)
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("the inference worker of the previous activation is still running (a window "
+                               "is taking longer than the stop timeout); try again when it has finished")
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="svlm-inference", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Ask the worker to stop and wait; False if it is still busy after `timeout` (it stops after its window)."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("the inference worker is still describing a window after %.0f s; it stops when that "
+                        "window ends, and the next activation waits for it", timeout)
+            return False
+        self._thread = None
+        return True
+
+    @property
+    def running(self) -> bool:
+        """The worker should be running (started and not asked to stop)."""
+        return self._thread is not None and not self._stop.is_set()
+
+    def worker_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def ensure_worker(self) -> bool:
+        """Restart the worker if it died while it should run; True if it had to."""
+        if not self.running or self._thread.is_alive():
+            return False
+        self.worker_restarts += 1
+        log.error("the inference worker died (%s); restarting it", self.last_error or "no error recorded")
+        self._thread = threading.Thread(target=self._run, name="svlm-inference", daemon=True)
+        self._thread.start()
+        return True
 
     def notify(self) -> None:
         self._wake.set()
@@ -198,16 +329,20 @@ class Scheduler:
 
     # ----- the worker ------------------------------------------------------------------------
     def _run(self) -> None:
-        while not self._stop.is_set():
-            if self._questions:
-                self._answer(*self._questions.popleft())
-                continue
-            work = self._next_window()
-            if work is None:
-                self._wake.wait(0.1)
-                self._wake.clear()
-                continue
-            self._describe(*work)
+        try:
+            while not self._stop.is_set():
+                if self._questions:
+                    self._answer(*self._questions.popleft())
+                    continue
+                work = self._next_window()
+                if work is None:
+                    self._wake.wait(0.1)
+                    self._wake.clear()
+                    continue
+                self._describe(*work)
+        except BaseException as error:  # noqa: BLE001 - recorded, and the node restarts the worker
+            self.last_error = f"inference worker died: {type(error).__name__}: {error}"
+            log.exception("the inference worker died")
 
     def _next_window(self):
         for offset in range(len(self._order)):
@@ -250,7 +385,12 @@ class Scheduler:
         stream.stats.latencies.append(latency)
         stream.stats.last_cache_tokens = result.cache_tokens
         stream.last_result = result
-        self.publish(Described(stream.name, window, result, latency))
+        try:
+            self.publish(Described(stream.name, window, result, latency))
+        except Exception as error:  # the window was described; one failed publication must not stop the worker
+            self.publish_errors += 1
+            self.last_error = f"{stream.name}: publishing failed: {error}"
+            log.exception("publishing the window %.1f-%.1f s of %s failed", window.start_s, window.end_s, stream.name)
 
     def _answer(self, camera: str, question: str, future) -> None:
         if not future.set_running_or_notify_cancel():

@@ -1,16 +1,22 @@
 """The svlm lifecycle node: camera images in, svlm_ros/Description for every second out."""
 from __future__ import annotations
 
+import logging
+import struct
 import threading
 import time
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.clock import Clock, ClockType
+from rclpy.lifecycle import LifecycleNode, LifecycleNodeMixin, LifecycleState, TransitionCallbackReturn
+from rclpy.node import Node
+from rclpy.parameter_service import ParameterService
+from rclpy.serialization import deserialize_message
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
@@ -21,10 +27,55 @@ from svlm_ros.srv import Ask
 
 from ..engine.models import RANDOM_MODELS, load_model
 from . import parameters
-from .scheduler import Described, Scheduler
+from .images import BadImage
+from .scheduler import Described, FrameWarning, Scheduler
 
 COMPRESSED_SUFFIX = "/compressed"  # the image_transport convention
 THROTTLE_S = 5.0
+# Seconds deactivate waits for the worker to finish its window before giving up on it.
+STOP_TIMEOUT_S = 30.0
+# Image callbacks receive the serialized message and read the stamp first: frames the sampler
+# does not need (four in five from a 10-Hz camera at 2 fps) are never deserialized.
+# docs/benchmarks.md ("Frames heard") has the measurement.
+RAW_SUBSCRIPTIONS = True
+_CDR_HEADER = struct.Struct("<iII"), struct.Struct(">iII")  # sec, nanosec, frame_id length
+
+
+def peek_header(data: bytes) -> Tuple[float, str]:
+    """header.stamp (seconds) and frame_id of a serialized Image/CompressedImage, without deserializing.
+
+    Both messages start with std_msgs/Header, right after the 4-byte CDR encapsulation header
+    (whose second byte says the byte order): int32 sec, uint32 nanosec, then frame_id as a
+    length-prefixed, NUL-terminated string."""
+    if len(data) < 16:
+        raise BadImage(f"serialized message of {len(data)} bytes is too short to hold a header", "malformed_raw")
+    sec, nanosec, length = _CDR_HEADER[0 if data[1] == 1 else 1].unpack_from(data, 4)
+    frame_id = bytes(data[16:16 + max(0, length - 1)]).decode("utf-8", "replace") if 16 + length <= len(data) else ""
+    return sec + nanosec * 1e-9, frame_id
+
+
+class _RosLogHandler(logging.Handler):
+    """Forwards the engine's and scheduler's Python log records to the node's logger, so they reach /rosout."""
+
+    def __init__(self, node: Node):
+        super().__init__(logging.INFO)
+        self._logger = node.get_logger()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                text += f": {type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+            if record.levelno >= logging.ERROR:
+                self._logger.error(text)
+            elif record.levelno >= logging.WARNING:
+                self._logger.warning(text)
+            elif record.levelno >= logging.INFO:
+                self._logger.info(text)
+            else:
+                self._logger.debug(text)
+        except Exception:  # noqa: BLE001 - logging must never raise (e.g. after the context shut down)
+            self.handleError(record)
 
 
 def to_time_msg(seconds: float) -> TimeMsg:
@@ -34,7 +85,23 @@ def to_time_msg(seconds: float) -> TimeMsg:
 
 class SvlmNode(LifecycleNode):
     def __init__(self, node_name: str = "svlm", **kwargs):
-        super().__init__(node_name, **kwargs)
+        # Lifecycle and parameter services get callback groups of their own (rclpy puts them all in
+        # the node's default group): `ros2 param get` must answer while `configure` loads a model.
+        self._lifecycle_group = MutuallyExclusiveCallbackGroup()
+        self._parameter_group = MutuallyExclusiveCallbackGroup()
+        Node.__init__(self, node_name, start_parameter_services=False, **kwargs)
+        default_group, self._default_callback_group = self._default_callback_group, self._parameter_group
+        try:  # ParameterService takes no group: it uses the default one, swapped for the moment
+            self._parameter_service = ParameterService(self)
+        finally:
+            self._default_callback_group = default_group
+        LifecycleNodeMixin.__init__(self, enable_communication_interface=True, callback_group=self._lifecycle_group)
+        self._log_handler = _RosLogHandler(self)
+        package_logger = logging.getLogger("svlm_ros")
+        package_logger.addHandler(self._log_handler)
+        if package_logger.level == logging.NOTSET or package_logger.level > logging.INFO:
+            package_logger.setLevel(logging.INFO)
+        package_logger.propagate = False  # printed once, by rclpy, and sent to /rosout
         self._values = parameters.defaults()
         for name, value in self._values.items():
             self.declare_parameter(name, value, parameters.descriptor(name, value))
@@ -51,11 +118,22 @@ class SvlmNode(LifecycleNode):
         self._svlm_services = []
         self._describing = False
         self._publish_lock = threading.Lock()
-        self._frames_group = ReentrantCallbackGroup()
+        self._release_lock = threading.RLock()
+        self._abort = threading.Event()  # set by main on Ctrl-C: a configure in progress stops early
+        self._throttle: Dict[Tuple[str, str], list] = {}
         self._service_group = ReentrantCallbackGroup()
+        self._diagnostics_group = MutuallyExclusiveCallbackGroup()
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diagnostics_timer = None
+        self._start_diagnostics_timer()
+
+    def _start_diagnostics_timer(self) -> None:
+        # Wall (steady) time: diagnostics must flow with use_sim_time and no /clock, and after a bag ends.
+        if self._diagnostics_timer is not None:
+            self.destroy_timer(self._diagnostics_timer)
         self._diagnostics_timer = self.create_timer(self.node_config.diagnostics_period_s, self._publish_diagnostics,
-                                                    callback_group=MutuallyExclusiveCallbackGroup())
+                                                    callback_group=self._diagnostics_group,
+                                                    clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     # ----- configuration ----------------------------------------------------------------------
     @property
@@ -67,7 +145,10 @@ class SvlmNode(LifecycleNode):
         return self._configs[2]
 
     def _on_set_parameters(self, params) -> SetParametersResult:
-        changes = {p.name: p.value for p in params}
+        # use_sim_time and other rclpy parameters are not ours to check.
+        changes = {p.name: p.value for p in params if p.name in self._values}
+        if not changes:
+            return SetParametersResult(successful=True)
         try:
             configs = parameters.build_configs({**self._values, **changes})
         except (ValueError, TypeError) as error:
@@ -80,22 +161,54 @@ class SvlmNode(LifecycleNode):
             self.get_logger().info(f"standing instruction is now {changes['prompt.instruction']!r}")
         if self.scheduler is not None:
             self.scheduler.node_config = self.node_config
-        deferred = sorted(set(changes) - parameters.RUNTIME)
+        if "diagnostics_period_s" in changes:
+            self._start_diagnostics_timer()
+            self.get_logger().info(f"diagnostics every {self.node_config.diagnostics_period_s} s")
+        at_start = sorted(set(changes) & parameters.AT_START)
+        if at_start:
+            self.get_logger().warning(f"{at_start} changed, but is only read when the node starts: deferred to the "
+                                      "next start of the node")
+        deferred = sorted(set(changes) - parameters.RUNTIME - parameters.AT_START)
         if deferred:
-            self.get_logger().info(f"{deferred} will apply at the next configure")
+            state = "now, since the node is not configured" if self.scheduler is None else (
+                "at the next configure (deactivate, cleanup, configure, activate to apply them now)")
+            self.get_logger().warning(f"{deferred} changed: deferred, they apply {state}")
         return SetParametersResult(successful=True)
 
+    def abort_startup(self) -> None:
+        """Ctrl-C: a configure in progress stops at its next step (a model load itself cannot be cut short)."""
+        self._abort.set()
+
     def release(self) -> None:
-        """Stop the worker and drop the model, whatever the lifecycle state."""
-        self._describing = False
-        if self.scheduler is not None:
-            self.scheduler.stop()
-        self.scheduler = None
-        self.loaded = None
+        """Stop the worker and drop the model, whatever the lifecycle state; safe to call again."""
+        with self._release_lock:
+            self._describing = False
+            scheduler, self.scheduler = self.scheduler, None
+            if scheduler is not None:
+                # A worker inside torch when the interpreter exits aborts the process: wait for it.
+                while not scheduler.stop(STOP_TIMEOUT_S):
+                    pass
+            self.loaded = None
+
+    def destroy_node(self) -> None:
+        logging.getLogger("svlm_ros").removeHandler(self._log_handler)
+        if not logging.getLogger("svlm_ros").handlers:
+            logging.getLogger("svlm_ros").propagate = True
+        super().destroy_node()
 
     # ----- lifecycle --------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         model_config, engine_config, node_config = self.configs
+        try:
+            return self._configure(model_config, engine_config, node_config, state)
+        except Exception as error:  # rclpy would swallow it without a log line
+            self.model_error = f"configure failed after loading {model_config.model!r}: {type(error).__name__}: {error}"
+            self.model_status = "failed"
+            self.get_logger().error(self.model_error)
+            self._undo_configure()
+            return TransitionCallbackReturn.FAILURE
+
+    def _configure(self, model_config, engine_config, node_config, state) -> TransitionCallbackReturn:
         self.model_status = f"loading {model_config.model}"
         self.get_logger().info(f"loading model {model_config.model!r} on {model_config.device}")
         try:
@@ -107,23 +220,41 @@ class SvlmNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.model_error = None
         self.model_status = f"loaded {self.loaded.name} on {self.loaded.device} ({self.loaded.dtype})"
+        if self._abort.is_set():
+            raise RuntimeError("interrupted (shutting down)")
         if model_config.model in RANDOM_MODELS:
             self.get_logger().warning(f"{model_config.model} has random weights: its descriptions are meaningless "
                                       "words. Set the parameter `model` to a StreamingVLM checkpoint directory.")
         self.scheduler = Scheduler(self.loaded, engine_config, node_config, self._publish, node_config.image_topics)
         if node_config.warm_up and not self._warm_up():
             return TransitionCallbackReturn.FAILURE
-        self._description_pub = self.create_publisher(Description, "~/description", 10)
-        self._text_pub = self.create_publisher(String, "~/text", 10)
+        self._description_pub = self.create_lifecycle_publisher(Description, "~/description", 10)
+        self._text_pub = self.create_lifecycle_publisher(String, "~/text", 10)
         self._svlm_services = [
             self.create_service(Ask, "~/ask", self._on_ask, callback_group=self._service_group),
             self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._service_group),
         ]
-        return TransitionCallbackReturn.SUCCESS
+        self.get_logger().info("configured")
+        return super().on_configure(state)
+
+    def _undo_configure(self) -> None:
+        for service in self._svlm_services:
+            self.destroy_service(service)
+        self._svlm_services = []
+        self._describing = False
+        with self._publish_lock:
+            for publisher in (self._description_pub, self._text_pub):
+                if publisher is not None:
+                    self.destroy_lifecycle_publisher(publisher)
+            self._description_pub = self._text_pub = None
+        self.release()
 
     def _warm_up(self) -> bool:
         """One blank window per camera session, so the first real window is not the slow one."""
+        self.get_logger().info("warming up")
         for name, stream in self.scheduler.cameras.items():
+            if self._abort.is_set():
+                raise RuntimeError("interrupted during warm-up (shutting down)")
             try:
                 seconds = stream.session.warm_up()
             except Exception as error:
@@ -138,18 +269,29 @@ class SvlmNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         node_config = self.node_config
+        try:
+            self.scheduler.start(wait_s=STOP_TIMEOUT_S)
+        except RuntimeError as error:
+            self.get_logger().error(f"cannot activate: {error}")
+            return TransitionCallbackReturn.FAILURE
         reliability = ReliabilityPolicy.RELIABLE if node_config.reliable_qos else qos_profile_sensor_data.reliability
         qos = QoSProfile(depth=node_config.qos_depth, reliability=reliability, history=HistoryPolicy.KEEP_LAST,
                          durability=qos_profile_sensor_data.durability)
         for topic in node_config.image_topics:
             message_type = CompressedImage if topic.endswith(COMPRESSED_SUFFIX) else Image
+            # One group per camera: a multi-threaded executor runs one topic's callbacks one at a
+            # time, in arrival order (a shared reentrant group let frames overtake each other and
+            # in-order frames were dropped as late); different cameras still run in parallel.
+            if RAW_SUBSCRIPTIONS:
+                callback = (lambda data, topic=topic, kind=message_type: self._on_serialized(topic, kind, data))
+            else:
+                callback = (lambda msg, topic=topic: self._on_image(topic, msg))
             self._image_subscriptions.append(self.create_subscription(
-                message_type, topic, lambda msg, topic=topic: self._on_image(topic, msg), qos,
-                callback_group=self._frames_group))
-        self.scheduler.start()
+                message_type, topic, callback, qos, callback_group=MutuallyExclusiveCallbackGroup(),
+                raw=RAW_SUBSCRIPTIONS))
         self._describing = True
         self.get_logger().info(f"describing {node_config.image_topics} on {self.resolve_topic_name('~/description')}")
-        return TransitionCallbackReturn.SUCCESS
+        return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._describing = False
@@ -157,30 +299,44 @@ class SvlmNode(LifecycleNode):
             self.destroy_subscription(subscription)
         self._image_subscriptions = []
         if self.scheduler is not None:
-            self.scheduler.stop()
-        return TransitionCallbackReturn.SUCCESS
+            self.scheduler.stop(STOP_TIMEOUT_S)
+        return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        for service in self._svlm_services:
-            self.destroy_service(service)
-        self._svlm_services = []
-        for publisher in (self._description_pub, self._text_pub):
-            if publisher is not None:
-                self.destroy_publisher(publisher)
-        self._description_pub = self._text_pub = None
-        self.scheduler = None
-        self.loaded = None
+        self._undo_configure()
         self.model_status = "not loaded"
-        return TransitionCallbackReturn.SUCCESS
+        return super().on_cleanup(state)
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self._describing:
             self.on_deactivate(state)
         if self.scheduler is not None or self._svlm_services:
             self.on_cleanup(state)
-        return TransitionCallbackReturn.SUCCESS
+        return super().on_shutdown(state)
 
     # ----- data path --------------------------------------------------------------------------
+    def _on_serialized(self, topic: str, kind, data: bytes) -> None:
+        stream = self.scheduler.cameras.get(topic) if self.scheduler else None
+        if not self._describing or stream is None:
+            return
+        try:
+            stamp, frame_id = peek_header(data)
+        except BadImage as error:
+            self._warn(topic, FrameWarning(f"{error}; frame dropped", error.cause))
+            return
+        if frame_id:
+            stream.frame_id = frame_id
+
+        def load():
+            try:
+                return deserialize_message(data, kind)
+            except Exception as error:  # noqa: BLE001 - a malformed message is a bad frame, not a crash
+                raise BadImage(f"cannot deserialize the {kind.__name__} message: {error}", "malformed_raw") from error
+
+        for warning in stream.feed_lazy(stamp, load):
+            self._warn(topic, warning)
+        self.scheduler.notify()
+
     def _on_image(self, topic: str, msg) -> None:
         stream = self.scheduler.cameras.get(topic) if self.scheduler else None
         if not self._describing or stream is None:
@@ -188,8 +344,20 @@ class SvlmNode(LifecycleNode):
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         stream.frame_id = msg.header.frame_id
         for warning in stream.feed(stamp, msg):
-            self.get_logger().warning(f"{topic}: {warning}", throttle_duration_sec=THROTTLE_S)
+            self._warn(topic, warning)
         self.scheduler.notify()
+
+    def _warn(self, camera: str, warning: str) -> None:
+        """A warning throttled per (camera, kind): one camera's repeated warning must not hide another's."""
+        key = (camera, getattr(warning, "kind", "other"))
+        now = time.monotonic()
+        entry = self._throttle.setdefault(key, [float("-inf"), 0])
+        if now - entry[0] < THROTTLE_S:
+            entry[1] += 1
+            return
+        suppressed = f" ({entry[1]} more like it in the last {THROTTLE_S:.0f} s)" if entry[1] else ""
+        self._throttle[key] = [now, 0]
+        self.get_logger().warning(f"{camera}: {warning}{suppressed}")
 
     def _publish(self, described: Described) -> None:
         result, window = described.result, described.window
@@ -208,7 +376,7 @@ class SvlmNode(LifecycleNode):
         msg.latency = float(described.latency_s)
         msg.generated_tokens = result.generated_tokens
         msg.cache_tokens = result.cache_tokens
-        with self._publish_lock:
+        with self._publish_lock:  # deactivate and cleanup destroy the publishers from another thread
             if self._description_pub is not None and self._describing:
                 self._description_pub.publish(msg)
                 if node_config.publish_text and self._text_pub is not None and not result.silent:
@@ -262,13 +430,24 @@ class SvlmNode(LifecycleNode):
         else:
             model.level, model.message = DiagnosticStatus.OK, self.model_status
         model.values = [KeyValue(key="accelerator_memory_bytes", value=str(_accelerator_memory()))]
-        if self.scheduler is not None and self.scheduler.last_error:
-            model.values.append(KeyValue(key="last_window_error", value=self.scheduler.last_error))
+        scheduler = self.scheduler
+        if scheduler is not None:
+            if scheduler.running and scheduler.ensure_worker():
+                model.level = DiagnosticStatus.ERROR
+                model.message = f"the inference worker died and was restarted: {scheduler.last_error}"
+            model.values += [KeyValue(key="worker_alive", value=str(scheduler.worker_alive())),
+                             KeyValue(key="worker_restarts", value=str(scheduler.worker_restarts)),
+                             KeyValue(key="publish_errors", value=str(scheduler.publish_errors))]
+            if scheduler.last_error:
+                model.values.append(KeyValue(key="last_window_error", value=scheduler.last_error))
         array.status.append(model)
-        if self.scheduler is not None:
-            for name, stream in self.scheduler.cameras.items():
+        if scheduler is not None:
+            for name, stream in scheduler.cameras.items():
                 array.status.append(self._camera_status(name, stream))
-        self._diagnostics_pub.publish(array)
+        try:
+            self._diagnostics_pub.publish(array)
+        except Exception:  # noqa: BLE001 - the context is shutting down (Ctrl-C)
+            pass
 
     def _camera_status(self, name, stream) -> DiagnosticStatus:
         stats = stream.stats
@@ -284,6 +463,10 @@ class SvlmNode(LifecycleNode):
             status.level, status.message = DiagnosticStatus.WARN, "no frame received yet"
         elif silent_for > self.node_config.camera_timeout_s:
             status.level, status.message = DiagnosticStatus.WARN, f"no frame for {silent_for:.1f} s"
+        elif stats.stamp_problem:
+            status.level = DiagnosticStatus.WARN
+            status.message = (f"{stats.stamp_problem}: the camera driver does not stamp its frames, so no window "
+                              "can be cut; fix header.stamp in the driver")
         elif p50 > window:
             status.level, status.message = DiagnosticStatus.WARN, "behind real time: skipping windows"
         values = {
@@ -292,6 +475,9 @@ class SvlmNode(LifecycleNode):
             "skipped_windows": stats.skipped_windows, "empty_windows": stats.empty_windows,
             "failed_windows": stats.failed_windows, "frames": stats.frames, "late_frames": stats.late_frames,
             "bad_frames": stats.bad_frames, "stream_restarts": stats.restarts,
+            "forward_jumps": stats.forward_jumps, "unconverted_frames": stats.unconverted_frames,
+            "zero_stamps": stats.zero_stamps, "repeated_stamps": stats.repeated_stamps,
+            "resolution": stats.resolution, "resolution_changes": stats.resolution_changes,
             "cache_tokens": stats.last_cache_tokens,
         }
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
