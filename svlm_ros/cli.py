@@ -1,4 +1,4 @@
-"""The `svlm` command: describe-video, node, bench, replay, synth-bag, eval, judge."""
+"""The `svlm` command: describe-video, node, bench, replay, synth-bag, eval, judge, recall."""
 from __future__ import annotations
 
 import argparse
@@ -28,7 +28,18 @@ def main(argv=None) -> int:
         "replay", help="describe rosbags through the node's code path; write descriptions, a bag and a report"))
     synth.add_arguments(commands.add_parser(
         "synth-bag", help="write a rosbag of moving shapes with known per-second reference text"))
-    runners = {"describe-video": describe.run, "bench": bench.run, "replay": replay.run, "synth-bag": synth.run}
+    from .replay import evaluate
+
+    evaluate.add_eval_arguments(commands.add_parser(
+        "eval", help="score runs against reference text (one run, a fleet with shards merged, or A vs B)"))
+    evaluate.add_judge_arguments(commands.add_parser(
+        "judge", help="pairwise LLM judge of runs A and B per time window (Inf-Streams-Eval)"))
+    from .memory import cli as recall
+
+    recall.add_arguments(commands.add_parser(
+        "recall", help="search a memory store by words, meaning, time, camera and place"))
+    runners = {"describe-video": describe.run, "bench": bench.run, "replay": replay.run, "synth-bag": synth.run,
+               "eval": evaluate.run_eval, "judge": evaluate.run_judge, "recall": recall.run}
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -214,3 +214,13 @@ def test_replay_memory_stays_flat_on_a_long_bag(tmp_path):
     assert max(caches[150:]) <= max(caches[50:150])  # bounded by the policy, not by time
     rss = [s["rss_bytes"] for s in samples]
     assert max(rss[100:]) - rss[100] < 8 * 2**20
+
+
+def test_replay_with_a_reference_scores_and_captions(bags, tmp_path):
+    out = tmp_path / "run"
+    jsonl, _ = reference_paths(bags["mcap"])
+    assert svlm(["replay", str(bags["mcap"]), "--out", str(out), "--reference", str(jsonl), *FAST]) == 0
+    quality = json.loads((out / "quality.json").read_text())
+    assert "chrf" in json.dumps(quality).lower()
+    first = rows(jsonl)[0]
+    assert f"reference: {first['text']}" in (out / "report.html").read_text()

@@ -64,13 +64,28 @@ def read_jsonl(path: Path) -> List[Dict]:
     return rows
 
 
-def reference_by_second(segments) -> Dict:
-    """(camera, stream second) -> reference text, for captions; a segment counts in its last second."""
+def stream_origins(out: Path) -> Dict[str, float]:
+    """Each camera's stream time zero in sensor time, from the run's descriptions."""
+    origins: Dict[str, float] = {}
+    for row in read_jsonl(out / "descriptions.jsonl"):
+        origins.setdefault(row["camera"], row["start"] - row["stream_start"])
+    return origins
+
+
+def reference_by_second(segments, origins: Dict[str, float]) -> Dict:
+    """(camera, stream second) -> reference text, for captions; text belongs to the second it ends in.
+
+    A reference in sensor time (absolute stamps) is moved to each camera's stream seconds."""
+    from .reference import is_absolute
+
+    absolute = is_absolute(segments)
     texts: Dict = {}
     for segment in segments:
-        second = int(max(segment.start, segment.end - 1e-6))
-        key = (segment.camera, second)
-        texts[key] = f"{texts[key]} {segment.text}" if key in texts else segment.text
+        cameras = [segment.camera] if not absolute else ([segment.camera] if segment.camera else list(origins))
+        for camera in cameras:
+            end = segment.end - (origins.get(camera, 0.0) if absolute else 0.0)
+            key = (camera, int(np.ceil(end) - 1))
+            texts[key] = f"{texts[key]} {segment.text}" if key in texts else segment.text
     return texts
 
 

@@ -27,8 +27,10 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ..config import ModelConfig, NodeConfig
+from ..config import MemoryConfig, NodeConfig
 from ..engine.models import RANDOM_MODELS, LoadedModel, load_model
+from ..memory.store import Entry, MemoryStore
+from ..memory.writer import MemoryWriter
 from ..node.scheduler import Described, Scheduler
 from ..progress import progress
 from . import bags, report
@@ -48,6 +50,7 @@ class ReplayOptions:
     rate: float = 1.0
     copy_images: bool = False
     thumbnails: int = 60  # contact-sheet pictures per camera, spread over the bag
+    memory: Optional[Path] = None  # a memory store to fill with every described window
 
 
 class MemorySampler:
@@ -118,6 +121,11 @@ class BagReplay:
                                      self.topics if options.copy_images else None)
             stack.callback(self.bag_out.close)
             stack.callback(self.reader.close)
+            self.memory_writer = None
+            if options.memory is not None:
+                self.memory_writer = MemoryWriter(lambda: MemoryStore(options.memory, MemoryConfig()))
+                stack.callback(self.memory_writer.close)
+                stack.callback(self.memory_writer.flush)
             if options.realtime:
                 scheduler.start()
                 stack.callback(scheduler.stop)
@@ -192,6 +200,8 @@ class BagReplay:
             self.descriptions.write(record)
             self.subtitles.write(record)
             self.bag_out.write(record, self.frame_ids.get(camera, ""))
+            if self.memory_writer is not None:
+                self.memory_writer.offer(Entry(camera, record.start, record.end, record.text, record.silent))
             report.append_sample(self.samples, record, memory)
             if window.frames and self._wants_thumbnail(camera, record.stream_start):
                 report.save_thumbnail(self.out, record, window.frames[len(window.frames) // 2])
@@ -216,7 +226,7 @@ class BagReplay:
 
     def _write_run_json(self, start_ns: int, stop_ns: int) -> None:
         info = {
-            "bag": str(self.bag), "bags": [str(self.bag)], "storage": bags.storage_of(self.bag),
+            "bag": str(self.bag.resolve()), "bags": [str(self.bag.resolve())], "storage": bags.storage_of(self.bag),
             "cameras": list(self.topics), "image_types": self.topics, "model": self.loaded.name,
             "random_weights": self.model_config.model in RANDOM_MODELS, "seed": self.engine_config.generation.seed,
             "realtime": self.options.realtime, "rate": self.options.rate,
@@ -272,6 +282,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                           "to score the descriptions against")
     parser.add_argument("--shard", default=None, metavar="I/N", help="replay the I-th of N slices of the bags")
     parser.add_argument("--thumbnails", type=int, default=60, help="contact-sheet pictures per camera")
+    parser.add_argument("--memory", default=None, metavar="DB",
+                        help="also store every described window in this memory store (search with svlm recall)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -291,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
                     "machinery, not a model's quality)", configs[0].model)
     out = Path(args.out)
     options = ReplayOptions(out, args.topics, args.start, args.end, args.realtime, args.rate, args.copy_images,
-                            args.thumbnails)
+                            args.thumbnails, Path(args.memory) if args.memory else None)
     several = len(bag_paths) > 1 or args.shard
     summaries = []
     for bag in bag_paths:
@@ -300,11 +312,12 @@ def run(args: argparse.Namespace) -> int:
         metrics = BagReplay(bag, loaded, configs, options, bag_out).run()
         summaries.append({"bag": bags.run_name(bag), "path": str(bag), **report.summary_row(metrics)})
         if args.reference:
-            from .evaluate import evaluate_run
+            from .evaluate import evaluate_run, reference_for_run
             from .reference import load_reference
 
             evaluate_run(bag_out, args.reference)
-            report.render(bag_out, metrics, report.reference_by_second(load_reference(args.reference)))
+            segments = load_reference(reference_for_run(bag_out, args.reference))
+            report.render(bag_out, metrics, report.reference_by_second(segments, report.stream_origins(bag_out)))
         print(f"{bag}: {report.one_line(metrics)} -> {bag_out}")
     if several:
         report.write_summary(out, summaries, args.shard)
