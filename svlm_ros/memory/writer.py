@@ -1,0 +1,97 @@
+"""Writing memory off the real-time path: a bounded queue drained by one writer thread.
+
+`offer()` never blocks: when the queue is full (the disk stalled, the store is locked) the entry
+is dropped and counted, so a window's latency never depends on the disk. The thread commits in
+batches (whatever is queued, at most `batch` entries per transaction); a store error is logged
+and counted and the thread goes on with the next batch.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Callable, List, Optional
+
+from .store import Entry, MemoryError, MemoryStore
+
+log = logging.getLogger(__name__)
+
+
+class MemoryWriter:
+    def __init__(self, open_store: Callable[[], MemoryStore], queue_size: int = 1000, batch: int = 64):
+        self._open_store = open_store  # the store is opened on the writer thread, which owns it
+        self._queue: "queue.Queue[Optional[Entry]]" = queue.Queue(maxsize=queue_size)
+        self._batch = batch
+        self.dropped = 0
+        self.written = 0
+        self.errors = 0
+        self.last_error: Optional[str] = None
+        self._thread = threading.Thread(target=self._run, name="svlm-memory", daemon=True)
+        self._ready = threading.Event()
+        self._thread.start()
+
+    def offer(self, entry: Entry) -> bool:
+        try:
+            self._queue.put_nowait(entry)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            return False
+
+    def flush(self, timeout: Optional[float] = None) -> None:
+        """Wait until everything offered so far is committed (tests, shutdown)."""
+        done = threading.Event()
+        self._queue.put(_Marker(done), timeout=timeout)
+        done.wait(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._queue.put(None, timeout=timeout)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            store = self._open_store()
+        except MemoryError as error:
+            self.last_error = str(error)
+            log.error("%s; descriptions go on, but nothing is remembered", error)
+            while self._queue.get() is not None:  # keep the node's offers from piling up
+                self.dropped += 1
+            return
+        try:
+            while True:
+                item = self._queue.get()
+                pending: List[Entry] = []
+                markers: List[_Marker] = []
+                stop = False
+                while True:
+                    if item is None:
+                        stop = True
+                    elif isinstance(item, _Marker):
+                        markers.append(item)
+                    else:
+                        pending.append(item)
+                    if stop or len(pending) >= self._batch:
+                        break
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                if pending:
+                    try:
+                        store.add(pending)
+                        self.written += len(pending)
+                    except MemoryError as error:
+                        self.errors += 1
+                        self.last_error = str(error)
+                        log.error("%s; %d entries lost", error, len(pending))
+                for marker in markers:
+                    marker.done.set()
+                if stop:
+                    return
+        finally:
+            store.close()
+
+
+class _Marker:
+    def __init__(self, done: threading.Event):
+        self.done = done
