@@ -224,3 +224,22 @@ def test_replay_with_a_reference_scores_and_captions(bags, tmp_path):
     assert "chrf" in json.dumps(quality).lower()
     first = rows(jsonl)[0]
     assert f"reference: {first['text']}" in (out / "report.html").read_text()
+
+
+def test_a_fleet_in_shards_is_merged_by_eval(bags, tmp_path):
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    for storage in ("mcap", "sqlite3"):  # a folder of bags, references beside them
+        target = fleet / bags[storage].name
+        subprocess.run(["cp", "-r", str(bags[storage]), str(target)], check=True)
+        for path in reference_paths(bags[storage]):
+            subprocess.run(["cp", str(path), str(fleet)], check=True)
+    out = tmp_path / "out"
+    for shard in ("0/2", "1/2"):  # two array-job tasks
+        assert svlm(["replay", str(fleet), "--out", str(out), "--shard", shard, *FAST]) == 0
+    assert sorted(p.name for p in out.glob("summary-shard-*.json")) == ["summary-shard-0-of-2.json",
+                                                                        "summary-shard-1-of-2.json"]
+    assert (out / "shapes_mcap" / "descriptions.jsonl").exists() and (out / "shapes_sqlite3" / "report.html").exists()
+    assert svlm(["eval", str(out), "--no-semantic"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {row["bag"] for row in summary["bags"]} >= {"shapes_mcap", "shapes_sqlite3"}
