@@ -7,10 +7,11 @@ it described.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
@@ -19,6 +20,24 @@ from .messages import DESCRIPTION, IMAGE_ANNOTATIONS, typestore
 from .synth import vtt_time
 
 DESCRIPTION_TOPIC = "/svlm/description"
+log = logging.getLogger(__name__)
+
+
+def jsonl_lines(path: Path) -> Iterator[Tuple[int, Dict]]:
+    """(line number, object) of a JSONL file a replay wrote; a line torn by a crash is skipped."""
+    with path.open() as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("%s:%d: not JSON (cut short by an interrupted write?), ignored", path, number)
+
+
+def read_jsonl(path: Path) -> List[Dict]:
+    """Every object of a JSONL file, [] when it does not exist."""
+    return [item for _, item in jsonl_lines(path)] if path.exists() else []
 
 
 @dataclass

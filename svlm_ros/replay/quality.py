@@ -45,7 +45,6 @@ covered seconds, with its confusion counts beside it.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -54,6 +53,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .outputs import jsonl_lines
 from .reference import RefSegment, is_absolute
 
 log = logging.getLogger(__name__)
@@ -104,21 +104,12 @@ def read_descriptions(path: Path) -> List[Dict]:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; is {path.parent} a run directory written by svlm replay?")
     records = []
-    with path.open() as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError:
-                # an interrupted writer can leave a torn last line
-                log.warning("%s:%d: not JSON, ignored", path, number)
-                continue
-            missing = [key for key in REQUIRED_KEYS if not isinstance(item, dict) or key not in item]
-            if missing:
-                raise ValueError(f"{path}:{number}: a window needs {', '.join(REQUIRED_KEYS)}; "
-                                 f"missing {', '.join(missing)}")
-            records.append(item)
+    for number, item in jsonl_lines(path):
+        missing = [key for key in REQUIRED_KEYS if not isinstance(item, dict) or key not in item]
+        if missing:
+            raise ValueError(f"{path}:{number}: a window needs {', '.join(REQUIRED_KEYS)}; "
+                             f"missing {', '.join(missing)}")
+        records.append(item)
     return records
 
 

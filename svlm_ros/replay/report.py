@@ -22,6 +22,8 @@ matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .outputs import read_jsonl  # noqa: E402
+
 THUMB_WIDTH = 240
 PERCENTILES = (50, 95, 99)
 
@@ -47,21 +49,6 @@ def save_thumbnail(out: Path, record, frame: np.ndarray) -> None:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_") or "camera"
-
-
-def read_jsonl(path: Path) -> List[Dict]:
-    if not path.exists():
-        return []
-    rows = []
-    with path.open() as lines:
-        for line in lines:
-            line = line.strip()
-            if line:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:  # a line cut by a crash: the rest is still good
-                    continue
-    return rows
 
 
 def stream_origins(out: Path) -> Dict[str, float]:
