@@ -180,7 +180,8 @@ def plot_memory(samples: List[Dict]) -> bytes:
     memory_axis.set_title("memory")
     memory_axis.set_xlabel("stream time (s)")
     memory_axis.set_ylabel("MiB")
-    memory_axis.set_ylim(bottom=0)
+    peak = max([s["rss_bytes"] for s in samples] + [s["accelerator_bytes"] for s in samples] + [1]) / 2**20
+    memory_axis.set_ylim(0, peak * 1.15)  # from zero, so a flat line reads as flat
     memory_axis.legend(fontsize=8)
     return _figure_bytes(figure)
 
