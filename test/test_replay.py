@@ -243,3 +243,12 @@ def test_a_fleet_in_shards_is_merged_by_eval(bags, tmp_path):
     assert svlm(["eval", str(out), "--no-semantic"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert {row["bag"] for row in summary["bags"]} >= {"shapes_mcap", "shapes_sqlite3"}
+
+
+def test_eval_after_a_replay_updates_its_report(bags, tmp_path):
+    out = tmp_path / "run"
+    assert svlm(["replay", str(bags["mcap"]), "--out", str(out), *FAST]) == 0
+    assert "reference:" not in (out / "report.html").read_text()
+    assert svlm(["eval", str(out), "--no-semantic"]) == 0  # the reference beside the bag
+    html = (out / "report.html").read_text()
+    assert "reference:" in html and "Quality against the reference" in html

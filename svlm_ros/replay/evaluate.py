@@ -296,7 +296,13 @@ def run_eval(args: argparse.Namespace) -> int:
     if "" in runs:
         overall, cameras, _ = _evaluate_run(path, args.reference, args.window, args.camera, semantic)
         _print_quality(overall, cameras)
-        print(f"wrote {path / 'quality.json'} and {path / 'quality_windows.jsonl'}")
+        written = f"{path / 'quality.json'} and {path / 'quality_windows.jsonl'}"
+        if (path / "metrics.json").exists():  # the run's report gains its quality table and captions
+            from . import report
+
+            report.render_with_reference(path, load_reference(reference_for_run(path, args.reference)))
+            written += f", and updated {path / 'report.html'}"
+        print(f"wrote {written}")
         return 0
     summary = evaluate_fleet(path, args.reference, args.window, args.camera, semantic)
     print((path / "summary.md").read_text(), end="")

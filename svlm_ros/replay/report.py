@@ -249,6 +249,12 @@ def render(out: Path, metrics: Dict, reference: Dict) -> None:
     (out / "report.html").write_text(_html(out, run, metrics, quality, pictures, thumbs, reference))
 
 
+def render_with_reference(out: Path, segments) -> None:
+    """Rebuild a finished run's report with its quality table and reference captions."""
+    metrics = json.loads((out / "metrics.json").read_text())
+    render(out, metrics, reference_by_second(segments, stream_origins(out)))
+
+
 def _fmt(value, digits=3) -> str:
     if value is None:
         return "-"

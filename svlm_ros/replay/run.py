@@ -316,8 +316,7 @@ def run(args: argparse.Namespace) -> int:
             from .reference import load_reference
 
             evaluate_run(bag_out, args.reference)
-            segments = load_reference(reference_for_run(bag_out, args.reference))
-            report.render(bag_out, metrics, report.reference_by_second(segments, report.stream_origins(bag_out)))
+            report.render_with_reference(bag_out, load_reference(reference_for_run(bag_out, args.reference)))
         print(f"{bag}: {report.one_line(metrics)} -> {bag_out}")
     if several:
         report.write_summary(out, summaries, args.shard)
