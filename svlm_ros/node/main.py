@@ -24,17 +24,22 @@ def main(argv=None) -> int:
         print(f"svlm_node: invalid parameters: {error}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    starter = None
-    if node.node_config.autostart:
-        # Off the executor's threads: loading a model can take minutes, and parameter and
-        # lifecycle services must answer meanwhile.
-        starter = threading.Thread(target=autostart, args=(node,), name="svlm-autostart", daemon=True)
-        starter.start()
-    else:
-        node.get_logger().info("unconfigured; autostart is off: configure and activate with `ros2 lifecycle set`")
+    except KeyboardInterrupt:  # Ctrl-C before the node existed: nothing to release
+        rclpy.try_shutdown()
+        return 0
+    executor = starter = None
+    # From here on a Ctrl-C may land on any line (even inside a log call), so everything after the
+    # node exists is inside the try whose finally shuts down in order.
     try:
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+        if node.node_config.autostart:
+            # Off the executor's threads: loading a model can take minutes, and parameter and
+            # lifecycle services must answer meanwhile.
+            starter = threading.Thread(target=autostart, args=(node,), name="svlm-autostart", daemon=True)
+            starter.start()
+        else:
+            node.get_logger().info("unconfigured; autostart is off: configure and activate with `ros2 lifecycle set`")
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
@@ -57,7 +62,8 @@ def shut_down(node: SvlmNode, executor, starter) -> None:
         node.get_logger().info("shutting down: waiting for the model load / warm-up in progress to end")
         starter.join()
     node.release()
-    executor.shutdown()
+    if executor is not None:
+        executor.shutdown()
     node.get_logger().info("shut down cleanly")
     node.destroy_node()
     rclpy.try_shutdown()
