@@ -70,13 +70,15 @@ ROSIDL_BUILD = [f"ros-jazzy-{name}" for name in _AMENT_CMAKE] + [
 ]
 
 TEST = ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"]
-TRAIN = ["accelerate>=1.0", "peft>=0.13"]
+# Training (training/): multi-process launch and LoRA; make setup installs them because the tests
+# train (resume, two-process gloo, LoRA export). deepspeed is left to GPU machines (no CUDA here).
+TRAIN = ["accelerate>=1.0,<2", "peft>=0.13,<1"]
 
 setup(
     name="svlm_ros",
     version="0.1.0",
     description="StreamingVLM for ROS 2: a description of every second of camera video",
-    packages=find_packages(include=["svlm_ros", "svlm_ros.*"]),
+    packages=find_packages(include=["svlm_ros", "svlm_ros.*", "training", "training.*"]),
     python_requires=">=3.10",
     install_requires=ML,
     extras_require={

