@@ -7,7 +7,6 @@ first ask of a question outlasts the client's time-out), FLAKY (the first ask ge
 import json
 import re
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -31,6 +30,7 @@ class JudgeServer:
         self.seen = {}  # request body -> times asked
         self.faults = True
         self.lock = threading.Lock()
+        self.release_hang = threading.Event()  # set at close: a hanging answer never comes in time
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -50,7 +50,7 @@ class JudgeServer:
                 if server.faults and "FLAKY" in reference and count == 1:
                     return self.reply(503, {"error": "overloaded"})
                 if server.faults and "HANGS" in reference and count == 1:
-                    time.sleep(1.5)
+                    server.release_hang.wait(60)
                     return self.reply(200, answer("A"))
                 if server.faults and "GARBAGE" in reference:
                     return self.reply(200, answer("Both are fine, really."))
@@ -78,6 +78,7 @@ class JudgeServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
     def close(self):
+        self.release_hang.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -105,7 +106,7 @@ def make_runs(tmp_path):
 def judge(tmp_path, server, reference, *extra):
     return cli.main(["judge", str(tmp_path / "a"), str(tmp_path / "b"), "--reference", str(reference),
                      "--endpoint", server.url, "--model", "judge-1", "--out", str(tmp_path / "out"),
-                     "--timeout", "0.5", "--retries", "2", "--backoff", "0.01", "--concurrency", "3",
+                     "--timeout", "5", "--retries", "2", "--backoff", "0.01", "--concurrency", "3",
                      "--api-key-env", "SVLM_TEST_JUDGE_KEY", *extra])
 
 
