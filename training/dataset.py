@@ -35,6 +35,7 @@ import numpy as np
 from svlm_ros.config import EngineConfig, NodeConfig
 from svlm_ros.engine.frames import TEMPORAL_PATCH, resize_frames, target_size
 from svlm_ros.engine.windows import Window, WindowAssembler
+from svlm_ros.replay.reference import word_end_times
 
 log = logging.getLogger(__name__)
 
@@ -117,18 +118,8 @@ def _source(video: Path, text: Optional[str], text_topic: Optional[str]) -> Sour
 
 # ----- text ------------------------------------------------------------------------------------
 def words_with_end_times(segments) -> List[Tuple[float, str, Optional[str]]]:
-    """(end time, word, camera) of every word; a segment's words end evenly over its span.
-
-    The same rule the quality metrics use (svlm_ros/replay/quality.py), so a model is trained and
-    scored on the same second for each word."""
-    words = []
-    for segment in segments:
-        parts = segment.text.split()
-        span = segment.end - segment.start
-        for i, word in enumerate(parts):
-            end = segment.start + (i + 1) * span / len(parts) if span > 0 else segment.end
-            words.append((end, word, segment.camera))
-    return sorted(words, key=lambda w: w[0])
+    """(end time, word, camera) of every word, in time order (the rule: reference.word_end_times)."""
+    return sorted(word_end_times(segments), key=lambda w: w[0])
 
 
 def second_of(end_s: float, window_seconds: float) -> int:

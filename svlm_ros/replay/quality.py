@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .outputs import jsonl_lines
-from .reference import RefSegment, is_absolute
+from .reference import RefSegment, is_absolute, word_end_times
 
 log = logging.getLogger(__name__)
 
@@ -127,17 +127,6 @@ def _same_camera(a: str, b: str) -> bool:
     return a.removesuffix("/compressed") == b.removesuffix("/compressed")
 
 
-def _reference_words(segments: Sequence[RefSegment]) -> List[Tuple[float, str, Optional[str]]]:
-    words = []
-    for segment in segments:
-        parts = segment.text.split()
-        span = segment.end - segment.start
-        for i, word in enumerate(parts):
-            end = segment.start + (i + 1) * span / len(parts) if span > 0 else segment.end
-            words.append((end, word, segment.camera))
-    return words
-
-
 def align(records: Sequence[Dict], segments: Sequence[RefSegment], window_s: float = 10.0,
           camera: Optional[str] = None, bag: str = "") -> List[Window]:
     """The evaluation windows of every camera in `records` (or only `camera`), in order."""
@@ -149,7 +138,7 @@ def align(records: Sequence[Dict], segments: Sequence[RefSegment], window_s: flo
             raise ValueError(f"camera {camera} is not in the run; its cameras: {', '.join(cameras) or 'none'}")
         cameras = [c for c in cameras if _same_camera(camera, c)]
     named = sorted({s.camera for s in segments if s.camera})
-    words = _reference_words(segments)
+    words = word_end_times(segments)
     windows: List[Window] = []
     for name in cameras:
         if named and not any(_same_camera(name, c) for c in named):

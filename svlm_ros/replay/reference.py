@@ -23,7 +23,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
 
 ABSOLUTE_THRESHOLD_S = 1e8
 FILE_FORMATS = (".jsonl", ".json", ".vtt", ".srt")
@@ -70,6 +70,22 @@ def is_absolute(segments: List[RefSegment]) -> bool:
     if len(flags) > 1:
         raise ValueError("the reference mixes absolute times (>= 1e8 s) with stream seconds; use one time base")
     return flags == {True}
+
+
+def word_end_times(segments: Sequence[RefSegment]) -> List[Tuple[float, str, Optional[str]]]:
+    """(end time, word, camera) of every word, in the segments' order.
+
+    A segment's words end evenly over its span, and a word belongs to the second it ends in:
+    the quality metrics and the training dataset both use this, so a model is trained and
+    scored on the same second for each word."""
+    words = []
+    for segment in segments:
+        parts = segment.text.split()
+        span = segment.end - segment.start
+        for i, word in enumerate(parts):
+            end = segment.start + (i + 1) * span / len(parts) if span > 0 else segment.end
+            words.append((end, word, segment.camera))
+    return words
 
 
 def _load_jsonl(path: Path) -> List[RefSegment]:
