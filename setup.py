@@ -34,6 +34,8 @@ ROS_JAZZY = [
     "ros-jazzy-std-msgs==5.3.6",
     "ros-jazzy-std-srvs==5.3.6",
     "ros-jazzy-diagnostic-msgs==5.3.6",
+    "ros-jazzy-geometry-msgs==5.3.6",
+    "ros-jazzy-nav-msgs==5.3.6",  # memory.pose_topic: nav_msgs/Odometry
     "ros-jazzy-builtin-interfaces==2.0.3",
     "ros-jazzy-rosgraph-msgs==2.0.3",
     "ros-jazzy-lifecycle-msgs==2.0.3",

@@ -128,20 +128,51 @@ class EngineConfig:
         return self
 
 
+POSE_TYPES = ("odometry", "pose_stamped", "pose_with_covariance_stamped")
+
+
 @dataclass
 class MemoryConfig:
-    """Long-term memory: the store of every described window (svlm_ros/memory/)."""
+    """Long-term memory: the store of every described window, recall, summaries (svlm_ros/memory/)."""
 
+    enabled: bool = True  # the node stores every described window
     path: str = ""  # SQLite file; empty: $ROS_HOME/svlm/memory.sqlite (~/.ros/svlm/memory.sqlite)
     retention_days: float = 14.0  # entries older than this are deleted
     max_bytes: int = 8 * 2**30  # and the oldest are deleted while the file is larger
     queue_size: int = 1000  # pending writes; when full, new entries are dropped and counted
     merge_gap_s: float = 1.5  # a window this close after the last one with the same text extends it
+    # Where the robot was: a pose topic matched to each window by time, or tf (when tf2_ros imports).
+    pose_topic: str = ""  # empty: no pose topic
+    pose_type: str = "odometry"  # one of POSE_TYPES: nav_msgs Odometry, geometry_msgs PoseStamped / ...WithCovariance...
+    map_frame: str = "map"  # tf: the frame poses are given in
+    base_frame: str = ""  # tf: the robot's frame; empty: no tf lookup (use pose_topic)
+    pose_tolerance_s: float = 1.0  # a pose further than this from a window's end is not used
+    # ~/ask with memory: retrieved entries and summaries go into the question turn as timed text.
+    ask_entries: int = 8  # entries retrieved per question (0: questions see only the live stream)
+    ask_context_tokens: int = 768  # token budget of that timed text
+    # Summaries in tiers, written by the model itself when the cameras leave it idle.
+    summary_minutes: float = 10.0  # a summary of each camera's last N minutes (0: no summaries)
+    summary_input_tokens: int = 1024  # at most this much text goes into one summary
+    summary_max_tokens: int = 96  # the summary's length
+    summary_instruction: str = ("Summarize the notes above in two or three sentences: what was seen, "
+                                "where and when. Keep times.")
+    resume_context: bool = False  # at configure, seed each camera's previous text from its latest summaries
 
     def validate(self) -> None:
         if self.retention_days <= 0 or self.max_bytes <= 0 or self.queue_size < 1 or self.merge_gap_s < 0:
             raise ValueError("memory: retention_days and max_bytes must be > 0, queue_size >= 1, merge_gap_s >= 0; "
                              f"got {self.retention_days}, {self.max_bytes}, {self.queue_size}, {self.merge_gap_s}")
+        if self.pose_type not in POSE_TYPES:
+            raise ValueError(f"memory.pose_type must be one of {', '.join(POSE_TYPES)}, got {self.pose_type!r}")
+        if self.pose_tolerance_s <= 0:
+            raise ValueError(f"memory.pose_tolerance_s must be > 0, got {self.pose_tolerance_s}")
+        if self.ask_entries < 0 or self.ask_context_tokens < 1:
+            raise ValueError("memory.ask_entries must be >= 0 and memory.ask_context_tokens >= 1, got "
+                             f"{self.ask_entries}, {self.ask_context_tokens}")
+        if self.summary_minutes < 0 or self.summary_input_tokens < 1 or self.summary_max_tokens < 1:
+            raise ValueError("memory.summary_minutes must be >= 0 (0: off), summary_input_tokens and "
+                             f"summary_max_tokens >= 1; got {self.summary_minutes}, {self.summary_input_tokens}, "
+                             f"{self.summary_max_tokens}")
 
 
 @dataclass
@@ -162,3 +193,4 @@ class NodeConfig:
     ask_timeout_s: float = 30.0  # ~/ask gives up after this long
     diagnostics_period_s: float = 1.0
     inference_delay_s: float = 0.0  # testing aid: extra seconds per window, to simulate a slow model
+    memory: MemoryConfig = field(default_factory=MemoryConfig)

@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -16,6 +17,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # DDS discovery stays on this machine, in a domain of its own for this test run.
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(50 + os.getpid() % 50))
+# The node's long-term memory defaults to $ROS_HOME/svlm/memory.sqlite: tests never write to the
+# user's ~/.ros (node subprocesses inherit this).
+os.environ["ROS_HOME"] = tempfile.mkdtemp(prefix="svlm-test-ros-home-")
 
 
 @pytest.fixture(scope="session")

@@ -59,6 +59,7 @@ class Harness:
         self.peer.create_subscription(String, "/svlm/text", lambda m: self.texts.append(m.data), 50)
         self.peer.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 50)
         self.publishers = {}
+        self.closed = False
         self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.peer)
@@ -125,6 +126,9 @@ class Harness:
         return self.node.scheduler.cameras[topic].stats
 
     def close(self):
+        if self.closed:
+            return
+        self.closed = True
         self.node.release()
         self.executor.shutdown()
         self.node.destroy_node()

@@ -15,6 +15,7 @@ import numpy as np
 
 PREVIOUS_TEXT_ROLE = "previous text"
 QUESTION_LABEL = "Question: "
+RECALLED_LABEL = "Memory (what the cameras saw before; cite the times and places you use):\n"
 
 
 def time_span(start_s: float, end_s: float) -> str:
@@ -77,12 +78,22 @@ class PromptBuilder:
         return [self.special.im_start, *self.encode(f"user\n{time_span(start_s, end_s)}")]
 
     def question_open(self, at_s: float) -> List[int]:
-        """A question's user turn up to the question: `<|im_start|>user\nTime=13.0s\nQuestion: `.
+        """A question's user turn up to its body: `<|im_start|>user\nTime=13.0s\n`.
 
         A question has no video and no span, so it carries the instant it was asked on a line of
-        its own and the question after a label, instead of a zero-length `Time=13.0-13.0s`
-        glued to the question's first word."""
-        return [self.special.im_start, *self.encode(f"user\nTime={at_s:.1f}s\n{QUESTION_LABEL}")]
+        its own, instead of a zero-length `Time=13.0-13.0s` glued to the question's first word."""
+        return [self.special.im_start, *self.encode(f"user\nTime={at_s:.1f}s\n")]
+
+    def question(self, text: str) -> List[int]:
+        """The question after its label, `Question: when did ...`, encoded as one piece (the label's
+        space joins the first word, as in any text the tokenizer reads)."""
+        return self.encode(QUESTION_LABEL + text)
+
+    def recalled(self, lines) -> List[int]:
+        """Remembered text for a question, one timed line each, between the time and the question:
+        `Memory (...):\n[10:03:12-10:03:20 /front at (3.2, 1.0)] a red cart passes\n`."""
+        lines = [line.strip() for line in lines if line.strip()]
+        return self.encode(RECALLED_LABEL + "".join(f"{line}\n" for line in lines)) if lines else []
 
     def vision(self, token_count: int) -> np.ndarray:
         ids = np.full(token_count + 2, self.special.video_pad, dtype=np.int64)

@@ -23,6 +23,7 @@ class Kind(enum.Enum):
     PREV_CLOSE = "prev_close"  # <|im_end|>\n
     USER_OPEN = "user_open"  # <|im_start|>user\nTime=a-bs
     VISION = "vision"  # <|vision_start|> video pads <|vision_end|>
+    RECALLED = "recalled"  # a question turn's timed text from the long-term memory, before the question
     QUERY = "query"  # the standing instruction (first turn) or a question
     USER_CLOSE = "user_close"  # <|im_end|>\n
     ASSISTANT_OPEN = "assistant_open"  # <|im_start|>assistant\n

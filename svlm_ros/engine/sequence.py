@@ -43,10 +43,16 @@ def window_turn(table: SegmentTable, prompt: PromptBuilder, turn: int, window: i
 
 
 def question_turn(table: SegmentTable, prompt: PromptBuilder, turn: int, window: int, at_s: float,
-                  question_ids: Sequence[int]) -> List[Segment]:
-    """A question's user turn (no video) and the opening of its answer."""
-    return [
-        table.new_segment(Kind.USER_OPEN, prompt.question_open(at_s), turn, window),
+                  question_ids: Sequence[int], recalled_ids: Sequence[int] = ()) -> List[Segment]:
+    """A question's user turn (no video) and the opening of its answer.
+
+    `question_ids` are PromptBuilder.question's (the labelled question).
+    `recalled_ids` (PromptBuilder.recalled: timed text from the long-term memory) sit between the
+    turn's time and the question, as their own segment, and age with the turn."""
+    segments = [table.new_segment(Kind.USER_OPEN, prompt.question_open(at_s), turn, window)]
+    if len(recalled_ids):
+        segments.append(table.new_segment(Kind.RECALLED, recalled_ids, turn, window))
+    return segments + [
         table.new_segment(Kind.QUERY, question_ids, turn, window),
         table.new_segment(Kind.USER_CLOSE, prompt.turn_close(), turn, window),
         table.new_segment(Kind.ASSISTANT_OPEN, prompt.assistant_open(), turn, window),

@@ -10,6 +10,7 @@ keeps the caller's clock.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -198,10 +199,18 @@ class StreamSession:
                                     (grid_t, grid_h // MERGE_SIZE, grid_w // MERGE_SIZE), self._time_step, query)
         self.table.append(new)
 
-    def ask(self, question: str, max_new_tokens: Optional[int] = None) -> Answer:
+    def set_context(self, text: str) -> None:
+        """The `previous text` a fresh stream starts with (prompt.context), from the next reset on.
+
+        The node seeds it from the long-term memory's latest summaries when it restarts."""
+        self.config = dataclasses.replace(self.config, prompt=dataclasses.replace(self.config.prompt, context=text))
+
+    def ask(self, question: str, max_new_tokens: Optional[int] = None, recalled: Sequence[str] = ()) -> Answer:
         """Answer a question from the current cache; the turn then ages like the current window.
 
-        A question that fails part-way leaves the stream as it was before it was asked."""
+        `recalled`: timed lines from the long-term memory, placed in the question turn before the
+        question (PromptBuilder.recalled). A question that fails part-way leaves the stream as it
+        was before it was asked."""
         question = question.strip()
         if not question:
             raise ValueError("the question is empty")
@@ -217,7 +226,9 @@ class StreamSession:
                 turn = self._new_turn()
                 new = self._head_segments() if not self.table.segments else []
                 new += sequence.question_turn(self.table, self.prompt, turn, window,
-                                              self.stream_seconds(self._last_end_s), question_ids)
+                                              self.stream_seconds(self._last_end_s),
+                                              self.prompt.question(question),
+                                              self.prompt.recalled(recalled))
                 self.table.append(new)
                 logits = self._forward_new(None)
                 limit = max_new_tokens or self.config.generation.answer_max_new_tokens

@@ -1,7 +1,7 @@
 """ROS parameters mirroring the configuration dataclasses, with descriptors and validation.
 
 Names are `field` for the node and model settings and `section.field` for the engine's
-(cache., frames., generation., prompt.). ROS parameters cannot be null: for limits -1 means
+(cache., frames., generation., prompt.) and for the node's long-term memory (memory.). ROS parameters cannot be null: for limits -1 means
 unlimited, and for seed/top_k/top_p -1 means unset.
 """
 from __future__ import annotations
@@ -17,7 +17,9 @@ UNSET = -1
 # Settings that take effect while the node runs; the rest apply at the next configure (the node
 # says so in its log when one is changed).
 RUNTIME = {"prompt.instruction", "publish_silent", "publish_text", "camera_timeout_s", "inference_delay_s",
-           "ask_timeout_s", "diagnostics_period_s"}
+           "ask_timeout_s", "diagnostics_period_s", "memory.ask_entries", "memory.ask_context_tokens",
+           "memory.pose_tolerance_s", "memory.summary_instruction", "memory.summary_input_tokens",
+           "memory.summary_max_tokens"}
 # Read once when the process starts.
 AT_START = {"autostart"}
 OPTIONAL_INT = {"cache.vision_windows", "cache.text_windows", "cache.sink_tokens", "cache.recent_tokens",
@@ -73,6 +75,28 @@ DESCRIPTIONS: Dict[str, Tuple[str, Optional[Tuple[float, float]]]] = {
     "ask_timeout_s": ("~/ask gives up after this long", (0.01, 3600.0)),
     "diagnostics_period_s": ("seconds between /diagnostics messages (wall time)", (0.01, 3600.0)),
     "inference_delay_s": ("testing aid: extra seconds per window, to simulate a slow model", (0.0, 3600.0)),
+    "memory.enabled": ("store every described window in the long-term memory (~/recall, ~/ask about the past)",
+                       None),
+    "memory.path": ("the memory's SQLite file; empty: $ROS_HOME/svlm/memory.sqlite", None),
+    "memory.retention_days": ("entries older than this are deleted", (0.001, 36500.0)),
+    "memory.max_bytes": ("the oldest entries are deleted while the file is larger", (2**20, 2**62)),
+    "memory.queue_size": ("windows waiting to be written; when full, new ones are dropped and counted", (1, 10**6)),
+    "memory.merge_gap_s": ("a window this close after the last one with the same text extends it", (0.0, 3600.0)),
+    "memory.pose_topic": ("the robot's pose, matched to each window by time (empty: none)", None),
+    "memory.pose_type": ("the pose topic's type: odometry (nav_msgs/Odometry), pose_stamped, "
+                         "pose_with_covariance_stamped (geometry_msgs)", None),
+    "memory.map_frame": ("tf: the frame poses are stored in", None),
+    "memory.base_frame": ("tf: the robot's frame, looked up in map_frame when tf2_ros is importable "
+                          "(empty: use pose_topic)", None),
+    "memory.pose_tolerance_s": ("a pose further than this in time from a window's end is not used", (0.001, 3600.0)),
+    "memory.ask_entries": ("remembered entries put into each ~/ask question (0: only the live stream)", (0, 1000)),
+    "memory.ask_context_tokens": ("token budget of the remembered text in a question", (1, 65536)),
+    "memory.summary_minutes": ("each camera's last N minutes condensed by the model when it is idle, then per "
+                               "hour and per day (0: no summaries)", (0.0, 1440.0)),
+    "memory.summary_input_tokens": ("at most this much text goes into one summary", (1, 65536)),
+    "memory.summary_max_tokens": ("a summary's length in tokens", (1, 4096)),
+    "memory.summary_instruction": ("what the model is asked to do with the notes", None),
+    "memory.resume_context": ("at configure, start each camera's previous text from its latest summaries", None),
 }
 HIDDEN = {"random_config"}
 
@@ -152,6 +176,7 @@ def build_configs(values: Dict[str, Any]) -> Tuple[ModelConfig, EngineConfig, No
         raise ValueError(f"max_queued_windows must be >= 1, got {node.max_queued_windows}")
     if node.inference_delay_s < 0:
         raise ValueError("inference_delay_s must be >= 0")
+    node.memory.validate()
     if model.dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
         raise ValueError(f"dtype {model.dtype!r} is not one of auto, float32, bfloat16, float16")
     if model.attn_implementation not in ("auto", "sdpa", "eager", "flash_attention_2"):
@@ -163,7 +188,10 @@ def build_configs(values: Dict[str, Any]) -> Tuple[ModelConfig, EngineConfig, No
 def _locate(name: str, model, engine, node):
     if "." in name:
         section, field = name.split(".", 1)
-        return getattr(engine, section), field
+        owner = engine if hasattr(engine, section) else node
+        if not hasattr(owner, section) or not hasattr(getattr(owner, section), field):
+            raise ValueError(f"unknown parameter {name!r}")
+        return getattr(owner, section), field
     for target in (node, model):
         if hasattr(target, name):
             return target, name

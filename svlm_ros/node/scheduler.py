@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, List, Optional
+from typing import Callable, Deque, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -236,6 +236,7 @@ class Scheduler:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._questions: Deque = collections.deque()
+        self._idle_jobs: Deque = collections.deque()
         self._thread: Optional[threading.Thread] = None
         self.busy_since: Optional[float] = None
         self.last_error: Optional[str] = None
@@ -307,11 +308,22 @@ class Scheduler:
             self._idle.clear()
         return True
 
-    def ask(self, camera: str, question: str) -> "concurrent.futures.Future[Answer]":
+    def ask(self, camera: str, question: str, recalled: Sequence[str] = ()) -> "concurrent.futures.Future[Answer]":
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._questions.append((camera, question, future))
+        self._questions.append((camera, question, tuple(recalled), future))
         self._wake.set()
         return future
+
+    def when_idle(self, job: Callable[[], object]) -> "concurrent.futures.Future":
+        """Run `job` on the worker when no window and no question waits (summaries): live video first."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._idle_jobs.append((job, future))
+        self._wake.set()
+        return future
+
+    @property
+    def idle_jobs_waiting(self) -> int:
+        return len(self._idle_jobs)
 
     def reset(self) -> None:
         """~/reset: queued windows are dropped and every camera starts a new stream."""
@@ -335,6 +347,9 @@ class Scheduler:
                     self._answer(*self._questions.popleft())
                     continue
                 work = self._next_window()
+                if work is None and self._idle_jobs:
+                    self._run_idle_job(*self._idle_jobs.popleft())
+                    continue
                 if work is None:
                     self._wake.wait(0.1)
                     self._wake.clear()
@@ -392,12 +407,25 @@ class Scheduler:
             self.last_error = f"{stream.name}: publishing failed: {error}"
             log.exception("publishing the window %.1f-%.1f s of %s failed", window.start_s, window.end_s, stream.name)
 
-    def _answer(self, camera: str, question: str, future) -> None:
+    def _answer(self, camera: str, question: str, recalled: Sequence[str], future) -> None:
         if not future.set_running_or_notify_cancel():
             return
         try:
             stream = self.cameras[camera]
             self._prepare(stream, stream.session_generation)
-            future.set_result(stream.session.ask(question))
+            future.set_result(stream.session.ask(question, recalled=recalled))
         except Exception as error:
             future.set_exception(error)
+
+    def _run_idle_job(self, job: Callable[[], object], future) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        self.busy_since = time.monotonic()
+        try:
+            future.set_result(job())
+        except Exception as error:  # a failed summary must not stop the worker
+            log.exception("a background job (summary) failed")
+            future.set_exception(error)
+        finally:
+            self.busy_since = None
+            self._idle.set()

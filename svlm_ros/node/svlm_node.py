@@ -23,11 +23,12 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from svlm_ros.msg import Description
-from svlm_ros.srv import Ask
+from svlm_ros.srv import Ask, Recall
 
 from ..engine.models import RANDOM_MODELS, load_model
 from . import parameters
 from .images import BadImage
+from .memory import NodeMemory, to_entry_msg
 from .scheduler import Described, FrameWarning, Scheduler
 
 COMPRESSED_SUFFIX = "/compressed"  # the image_transport convention
@@ -111,6 +112,7 @@ class SvlmNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.loaded = None
         self.scheduler: Optional[Scheduler] = None
+        self.memory: Optional[NodeMemory] = None
         self.model_error: Optional[str] = None
         self.model_status = "not loaded"
         self._image_subscriptions = []
@@ -161,6 +163,8 @@ class SvlmNode(LifecycleNode):
             self.get_logger().info(f"standing instruction is now {changes['prompt.instruction']!r}")
         if self.scheduler is not None:
             self.scheduler.node_config = self.node_config
+        if self.memory is not None:
+            self.memory.update_config(self.node_config.memory)
         if "diagnostics_period_s" in changes:
             self._start_diagnostics_timer()
             self.get_logger().info(f"diagnostics every {self.node_config.diagnostics_period_s} s")
@@ -188,6 +192,9 @@ class SvlmNode(LifecycleNode):
                 # A worker inside torch when the interpreter exits aborts the process: wait for it.
                 while not scheduler.stop(STOP_TIMEOUT_S):
                     pass
+            memory, self.memory = self.memory, None
+            if memory is not None:
+                memory.close()  # after the worker stopped: every described window is committed
             self.loaded = None
 
     def destroy_node(self) -> None:
@@ -228,11 +235,16 @@ class SvlmNode(LifecycleNode):
         self.scheduler = Scheduler(self.loaded, engine_config, node_config, self._publish, node_config.image_topics)
         if node_config.warm_up and not self._warm_up():
             return TransitionCallbackReturn.FAILURE
+        if node_config.memory.enabled:
+            self.memory = NodeMemory(self, node_config.memory, self.loaded, engine_config, self.scheduler)
+            if node_config.memory.resume_context:
+                self._resume_context()
         self._description_pub = self.create_lifecycle_publisher(Description, "~/description", 10)
         self._text_pub = self.create_lifecycle_publisher(String, "~/text", 10)
         self._svlm_services = [
             self.create_service(Ask, "~/ask", self._on_ask, callback_group=self._service_group),
             self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._service_group),
+            self.create_service(Recall, "~/recall", self._on_recall, callback_group=self._service_group),
         ]
         self.get_logger().info("configured")
         return super().on_configure(state)
@@ -266,6 +278,19 @@ class SvlmNode(LifecycleNode):
                 return False
             self.get_logger().info(f"warmed up {name} in {seconds:.2f} s ({stream.session.decode_mode} decoding)")
         return True
+
+    def _resume_context(self) -> None:
+        """Each camera's stream starts from its latest summaries (memory.resume_context)."""
+        for name, stream in self.scheduler.cameras.items():
+            seed = self.memory.seed(name)
+            if not seed:
+                self.get_logger().info(f"{name}: no summaries in the memory yet; starting without previous text")
+                continue
+            context = stream.session.config.prompt.context
+            stream.session.set_context(f"{context}\n{seed}" if context else seed)
+            stream.session.reset()
+            self.get_logger().info(f"{name}: resumed from the memory's latest summaries "
+                                   f"({self.memory.count_tokens(seed)} tokens of previous text)")
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         node_config = self.node_config
@@ -361,9 +386,15 @@ class SvlmNode(LifecycleNode):
 
     def _publish(self, described: Described) -> None:
         result, window = described.result, described.window
+        if not (result.silent and not self.node_config.publish_silent):
+            self._publish_description(described)
+        memory = self.memory
+        if memory is not None:  # every window, silent ones too: the memory knows when nothing happened
+            memory.record(described.camera, window.start_s, window.end_s, result.text, result.silent)
+
+    def _publish_description(self, described: Described) -> None:
+        result, window = described.result, described.window
         node_config = self.node_config
-        if result.silent and not node_config.publish_silent:
-            return
         msg = Description()
         msg.header.stamp = to_time_msg(window.end_s)
         msg.header.frame_id = self.scheduler.cameras[described.camera].frame_id
@@ -397,7 +428,10 @@ class SvlmNode(LifecycleNode):
         if stream.last_result is None:
             response.message = f"no video from {camera} yet"
             return response
-        future = self.scheduler.ask(camera, request.question)
+        recollection, note = None, ""
+        if self.memory is not None and self.node_config.memory.ask_entries > 0:
+            recollection, note = self.memory.recollect(request.question, stream.last_result.end_s)
+        future = self.scheduler.ask(camera, request.question, recollection.lines if recollection else ())
         try:
             answer = future.result(timeout=self.node_config.ask_timeout_s)
         except TimeoutError:
@@ -410,6 +444,18 @@ class SvlmNode(LifecycleNode):
         response.success = True
         response.answer = answer.text
         response.stamp = to_time_msg(answer.end_s)
+        response.message = note
+        if recollection is not None:
+            response.sources = [to_entry_msg(source) for source in recollection.sources]
+        return response
+
+    def _on_recall(self, request, response):
+        if self.memory is None:
+            response.success = False
+            response.message = ("the long-term memory is off (memory.enabled is false)" if self.scheduler is not None
+                                else "the node is not configured")
+            return response
+        response.success, response.message, response.entries = self.memory.recall(request)
         return response
 
     def _on_reset(self, request, response):
@@ -441,6 +487,19 @@ class SvlmNode(LifecycleNode):
             if scheduler.last_error:
                 model.values.append(KeyValue(key="last_window_error", value=scheduler.last_error))
         array.status.append(model)
+        memory = self.memory
+        if memory is not None:
+            status = DiagnosticStatus(name=f"{self.get_name()}: memory", hardware_id=self.get_name())
+            problem = memory.problem()
+            if problem:
+                status.level, status.message = DiagnosticStatus.ERROR, problem
+            elif memory.summaries_behind or (memory.writer is not None and memory.writer.dropped):
+                status.level = DiagnosticStatus.WARN
+                status.message = "falling behind: summaries waiting for an idle model, or writes dropped"
+            else:
+                status.level, status.message = DiagnosticStatus.OK, "remembering"
+            status.values = [KeyValue(key=k, value=str(v)) for k, v in memory.status_values().items()]
+            array.status.append(status)
         if scheduler is not None:
             for name, stream in scheduler.cameras.items():
                 array.status.append(self._camera_status(name, stream))

@@ -1,0 +1,262 @@
+"""The node's long-term memory: the ROS side of svlm_ros/memory/.
+
+Owns, for one configure-cleanup cycle: the writer thread (every described window, never waited
+on), a reading connection for `~/recall` and `~/ask`, the summaries (planned per window, run by
+the scheduler only when the cameras leave the model idle), and the robot's pose (a pose topic, or
+tf when tf2_ros imports and `memory.base_frame` is set). A store that cannot be opened is an
+ERROR in diagnostics and an answer to every recall; the descriptions go on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from geometry_msgs.msg import Point
+from rclpy.qos import HistoryPolicy, QoSProfile, qos_profile_sensor_data
+
+from svlm_ros.msg import MemoryEntry
+
+from ..config import EngineConfig, MemoryConfig
+from ..engine.session import StreamSession
+from ..memory.pose import PoseHistory
+from ..memory.questions import Recollection, Source, recollect
+from ..memory.store import Embedder, Entry, MemoryError, MemoryStore, Pose, default_path
+from ..memory.summaries import SummaryJob, SummaryPlanner, SummaryStore, Summarizer, seed_text
+from ..memory.writer import MemoryWriter
+
+log = logging.getLogger(__name__)
+# Best effort hears both kinds of publisher; a deeper history than sensor data's 5 keeps a burst
+# of 50-Hz odometry that arrives while the executor is busy.
+POSE_QOS = QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST, reliability=qos_profile_sensor_data.reliability,
+                      durability=qos_profile_sensor_data.durability)
+
+
+def pose_message_type(pose_type: str):
+    if pose_type == "odometry":
+        from nav_msgs.msg import Odometry
+        return Odometry
+    if pose_type == "pose_stamped":
+        from geometry_msgs.msg import PoseStamped
+        return PoseStamped
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    return PoseWithCovarianceStamped
+
+
+def pose_of(msg) -> Tuple[float, Pose]:
+    """(stamp, position) of an Odometry, PoseStamped or PoseWithCovarianceStamped."""
+    pose = msg.pose.pose if hasattr(msg.pose, "pose") else msg.pose
+    stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+    return stamp, Pose(pose.position.x, pose.position.y, pose.position.z, msg.header.frame_id or "map")
+
+
+class NodeMemory:
+    def __init__(self, node, config: MemoryConfig, loaded, engine_config: EngineConfig, scheduler):
+        self.node = node
+        self.config = config
+        self.path = Path(config.path) if config.path else default_path()
+        self.scheduler = scheduler
+        self.loaded = loaded
+        self._engine_config = engine_config
+        self.error: Optional[str] = None
+        self.store: Optional[MemoryStore] = None
+        self.summaries: Optional[SummaryStore] = None
+        self.writer: Optional[MemoryWriter] = None
+        self.poses = PoseHistory()
+        self.windows_without_pose = 0
+        self.summaries_behind = 0
+        self._pending: Dict[Tuple[str, str], SummaryJob] = {}
+        self._pending_lock = threading.Lock()
+        self._summary_session: Optional[StreamSession] = None
+        self._pose_subscription = None
+        self._tf_buffer = self._tf_listener = None
+        self.pose_source = "none"
+        self.planner = SummaryPlanner(config)
+        embedder = Embedder()
+        try:
+            self.store = MemoryStore(self.path, config, embedder)
+            self.summaries = SummaryStore(self.path)
+        except MemoryError as error:
+            self.error = str(error)
+            log.error("%s; descriptions go on, but nothing is remembered and ~/recall answers with this error",
+                      error)
+            return
+        self.writer = MemoryWriter(lambda: MemoryStore(self.path, config, embedder), config.queue_size)
+        self.summarizer = Summarizer(self.store, self.summaries, config, self.count_tokens, self._generate)
+        self._start_pose_source()
+        log.info("memory: %s (%d entries)", self.path, self.store.count())
+
+    def update_config(self, config: MemoryConfig) -> None:
+        """Runtime parameters (ask and summary settings); the rest apply at the next configure."""
+        self.config = config
+        if self.available:
+            self.summarizer.config = config
+
+    @property
+    def available(self) -> bool:
+        return self.error is None
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.loaded.tokenizer.encode(text, add_special_tokens=False))
+
+    # ----- pose -------------------------------------------------------------------------------
+    def _start_pose_source(self) -> None:
+        config = self.config
+        if config.base_frame:
+            try:
+                import tf2_ros  # an apt ROS install has it; the PyPI wheels do not
+            except ImportError:
+                log.warning("memory.base_frame is %r but tf2_ros is not importable (install ros-jazzy-tf2-ros); "
+                            "%s", config.base_frame,
+                            "using memory.pose_topic instead" if config.pose_topic else "no pose is stored")
+            else:
+                self._tf_buffer = tf2_ros.Buffer()
+                self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self.node)
+                self.pose_source = f"tf {config.map_frame} <- {config.base_frame}"
+                return
+        if config.pose_topic:
+            self._pose_subscription = self.node.create_subscription(
+                pose_message_type(config.pose_type), config.pose_topic, self._on_pose, POSE_QOS)
+            self.pose_source = f"{config.pose_topic} ({config.pose_type})"
+
+    def _on_pose(self, msg) -> None:
+        stamp, pose = pose_of(msg)
+        self.poses.add(stamp, pose)
+
+    def pose_at(self, stamp_s: float) -> Optional[Pose]:
+        if self._tf_buffer is not None:
+            import rclpy.time
+            try:
+                transform = self._tf_buffer.lookup_transform(self.config.map_frame, self.config.base_frame,
+                                                             rclpy.time.Time(seconds=stamp_s))
+            except Exception:  # noqa: BLE001 - tf2 raises several kinds; no transform means no pose
+                return None
+            t = transform.transform.translation
+            return Pose(t.x, t.y, t.z, self.config.map_frame)
+        return self.poses.at(stamp_s, self.config.pose_tolerance_s)
+
+    # ----- writing ----------------------------------------------------------------------------
+    def record(self, camera: str, start_s: float, end_s: float, text: str, silent: bool) -> None:
+        """A described window (on the worker thread, after publishing): queued, never waited on."""
+        if self.writer is None:
+            return
+        pose = self.pose_at(end_s)
+        if pose is None and self.pose_source != "none":
+            self.windows_without_pose += 1
+        self.writer.offer(Entry(camera, start_s, end_s, text, silent, pose))
+        for job in self.planner.observe(camera, end_s):
+            self._plan(job)
+
+    def _plan(self, job: SummaryJob) -> None:
+        key = (job.camera, job.tier)
+        with self._pending_lock:
+            if key in self._pending:
+                self.summaries_behind += 1  # the previous period's summary still waits for an idle model
+            self._pending[key] = job
+        self.scheduler.when_idle(lambda: self._summarize(job))
+
+    def _summarize(self, job: SummaryJob):
+        self.writer.flush(timeout=30)  # the period's last windows must be in the store before it is read
+        try:
+            return self.summarizer.run(job)
+        finally:
+            with self._pending_lock:
+                if self._pending.get((job.camera, job.tier)) is job:
+                    del self._pending[(job.camera, job.tier)]
+
+    def _generate(self, notes: str, instruction: str, max_new_tokens: int) -> str:
+        """The model condenses `notes` (read as previous text) in a session of its own, on the worker."""
+        if self._summary_session is None:
+            self._summary_session = StreamSession(self.loaded, dataclasses.replace(self._engine_config))
+        session = self._summary_session
+        session.set_context(notes)
+        session.reset()
+        try:
+            return session.ask(instruction, max_new_tokens=max_new_tokens).text
+        finally:
+            session.reset()
+
+    def seed(self, camera: str) -> str:
+        return seed_text(self.summaries, camera) if self.summaries is not None else ""
+
+    # ----- reading ----------------------------------------------------------------------------
+    def recall(self, request) -> Tuple[bool, str, List[MemoryEntry]]:
+        if not self.available:
+            return False, f"the memory is unavailable: {self.error}", []
+        since = _seconds(request.since)
+        until = _seconds(request.until)
+        near = (request.x, request.y, request.radius) if request.use_place else None
+        try:
+            hits = self.store.recall(request.query, since, until, request.camera, near, request.limit or 10)
+        except ValueError as error:
+            message = str(error)
+            if near is not None and self.pose_source == "none" and "pose" in message:
+                message += " (this node has no pose source: set memory.pose_topic, or memory.base_frame with tf)"
+            return False, message, []
+        except MemoryError as error:
+            return False, str(error), []
+        entries = [to_entry_msg(Source("entry", h.camera, h.start, h.end, h.text, h.pose, h.score), h.silent)
+                   for h in hits]
+        return True, f"{len(entries)} entries", entries
+
+    def recollect(self, question: str, now_s: float) -> Tuple[Optional[Recollection], str]:
+        """Sources for a question, or (None, why not); a failure here never stops the answer."""
+        if not self.available:
+            return None, f"answered from the live stream only: the memory is unavailable ({self.error})"
+        try:
+            return recollect(question, now_s, self.store, self.summaries, self.config, self.count_tokens), ""
+        except ValueError as error:
+            return None, f"answered from the live stream only: {error}"
+        except MemoryError as error:
+            return None, f"answered from the live stream only: {error}"
+
+    # ----- lifecycle --------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._pose_subscription is not None:
+            self.node.destroy_subscription(self._pose_subscription)
+            self._pose_subscription = None
+        if self.writer is not None:
+            self.writer.close()
+        for closable in (self.store, self.summaries):
+            if closable is not None:
+                closable.close()
+        self.writer = self.store = self.summaries = None
+
+    def status_values(self) -> Dict[str, object]:
+        writer = self.writer
+        return {
+            "memory_path": str(self.path), "memory_written": writer.written if writer else 0,
+            "memory_dropped": writer.dropped if writer else 0, "memory_write_errors": writer.errors if writer else 0,
+            "summaries_done": self.summarizer.done if self.available else 0,
+            "summaries_waiting": len(self._pending), "summaries_behind": self.summaries_behind,
+            "pose_source": self.pose_source, "poses_received": self.poses.received,
+            "windows_without_pose": self.windows_without_pose,
+        }
+
+    def problem(self) -> Optional[str]:
+        if self.error:
+            return self.error
+        if self.writer is not None and self.writer.last_error:
+            return self.writer.last_error
+        return None
+
+
+def _seconds(stamp) -> Optional[float]:
+    value = stamp.sec + stamp.nanosec * 1e-9
+    return value if value > 0 else None
+
+
+def to_entry_msg(source: Source, silent: bool = False) -> MemoryEntry:
+    from .svlm_node import to_time_msg
+
+    msg = MemoryEntry(camera=source.camera, text=source.text, silent=silent, kind=source.kind,
+                      score=float(source.score))
+    msg.start = to_time_msg(source.start)
+    msg.end = to_time_msg(source.end)
+    if source.pose is not None:
+        msg.has_pose = True
+        msg.position = Point(x=float(source.pose.x), y=float(source.pose.y), z=float(source.pose.z))
+        msg.frame_id = source.pose.frame
+    return msg

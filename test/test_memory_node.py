@@ -1,0 +1,208 @@
+"""The node's long-term memory over real rclpy: ~/recall, ~/ask about the past, poses, summaries,
+restarts, and a broken store that must not stop the descriptions.
+
+Sensor time is the synthetic bags' day (START_NS); everything waits on events or counts.
+"""
+
+import pytest
+from diagnostic_msgs.msg import DiagnosticStatus
+from nav_msgs.msg import Odometry
+
+from svlm_ros.config import MemoryConfig
+from svlm_ros.engine.segments import Kind
+from svlm_ros.memory.store import Embedder, Entry, MemoryStore
+from svlm_ros.memory.summaries import Summary, SummaryStore
+from svlm_ros.srv import Ask, Recall
+
+from test_node import RAW, Gate, harness, settled, stamp, wait_for  # noqa: F401 - the fixture is used by name
+
+T0 = 1_763_740_800.0  # 2025-11-21, the synthetic bags' start
+
+
+def memory(tmp_path, **more):
+    values = {"memory.path": str(tmp_path / "memory.sqlite"), "memory.summary_minutes": 0.0}
+    values.update({f"memory.{k}": v for k, v in more.items()})
+    return values
+
+
+def flushed(h):
+    h.node.memory.writer.flush(timeout=60)
+
+
+def recall(h, **fields):
+    request = Recall.Request()
+    for key, value in fields.items():
+        setattr(request, key, value)
+    return h.call(Recall, "/svlm/recall", request)
+
+
+def test_recall_returns_what_the_node_described_with_the_robots_pose(harness, tmp_path):
+    h = harness(**memory(tmp_path, pose_topic="/odom"), max_queued_windows=8)
+    h.start()
+    odom = h.peer.create_publisher(Odometry, "/odom", 100)
+    poses = h.node.memory.poses
+
+    def probed():  # discovery is done on both sides once the node has heard a probe
+        if poses.received:
+            return True
+        probe = Odometry()
+        probe.header.stamp = stamp(T0 - 100)
+        odom.publish(probe)
+        return False
+
+    wait_for(probed, interval=0.05)
+    for i in range(12):  # the robot drives along x at 1 m/s
+        msg = Odometry()
+        msg.header.stamp, msg.header.frame_id = stamp(T0 + i * 0.5), "map"
+        msg.pose.pose.position.x = i * 0.5
+        odom.publish(msg)
+    wait_for(lambda: all(poses.at(T0 + i * 0.5, 0.01) is not None for i in range(12)))
+    h.stream(RAW, T0, 4.2)
+    stats = settled(h, RAW, 42)
+    flushed(h)
+    response = recall(h, since=stamp(T0), until=stamp(T0 + 10), limit=50)
+    assert response.success, response.message
+    described = stats.processed_windows
+    assert described >= 3
+    windows = sum(round((e.end.sec + e.end.nanosec * 1e-9) - (e.start.sec + e.start.nanosec * 1e-9))
+                  for e in response.entries)
+    silent = recall(h, since=stamp(T0), limit=50)
+    assert windows <= described and len(silent.entries) >= 1
+    for entry in response.entries:
+        end = entry.end.sec + entry.end.nanosec * 1e-9
+        assert entry.has_pose and entry.frame_id == "map" and entry.kind == "entry"
+        assert entry.position.x == pytest.approx(min(end - T0, 5.5), abs=0.5)  # the pose nearest the window's end
+    assert h.node.memory.status_values()["memory_written"] == described
+
+
+@pytest.mark.parametrize("fields, problem", [
+    ({}, "give a query, a time range, a camera or a place"),
+    ({"since": stamp(T0 + 10), "until": stamp(T0)}, "reversed"),
+    ({"query": "x" * 2000}, "at most 1000"),
+    ({"use_place": True, "x": 1.0, "y": 2.0, "radius": 0.0}, "radius must be > 0"),
+    ({"use_place": True, "x": 1.0, "y": 2.0, "radius": 3.0}, "no pose source"),
+])
+def test_bad_recall_requests_are_answered_with_the_reason(harness, tmp_path, fields, problem):
+    h = harness(**memory(tmp_path))
+    h.start()
+    h.node.memory.store.add([Entry(RAW, T0, T0 + 1, "a red cart", False)])
+    response = recall(h, **fields)
+    assert not response.success and problem in response.message
+
+
+def test_keyword_syntax_in_a_recall_is_searched_as_words(harness, tmp_path):
+    h = harness(**memory(tmp_path))
+    h.start()
+    h.node.memory.store.add([Entry(RAW, T0, T0 + 1, "a red cart near the dock", False)])
+    response = recall(h, query='"red AND (cart* OR NEAR(', limit=5)
+    assert response.success and [e.text for e in response.entries] == ["a red cart near the dock"]
+
+
+def test_ask_about_the_past_puts_remembered_entries_in_the_question_and_returns_their_stamps(harness, tmp_path):
+    path = tmp_path / "memory.sqlite"
+    earlier = MemoryStore(path, MemoryConfig(), Embedder())
+    earlier.add([Entry(RAW, T0 - 3600, T0 - 3596, "a red cart passes the loading dock", False),
+                 Entry(RAW, T0 - 7 * 3600, T0 - 7 * 3600 + 2, "a red cart is parked by the door", False)])
+    earlier.close()
+    h = harness(**memory(tmp_path))
+    h.start()
+    h.stream(RAW, T0, 2.2)
+    settled(h, RAW, 22)
+    request = Ask.Request(question="Where was the red cart an hour ago?", camera=RAW)
+    response = h.call(Ask, "/svlm/ask", request, timeout=60)
+    assert response.success, response.message
+    assert [(s.start.sec, s.end.sec, s.kind) for s in response.sources] == [(T0 - 3600, T0 - 3596, "entry")]
+    assert response.sources[0].text == "a red cart passes the loading dock"
+    # What the model read: the remembered line, in the question turn, before the question.
+    session = h.node.scheduler.cameras[RAW].session
+    recalled = [s for s in session.table.segments if s.kind is Kind.RECALLED]
+    assert len(recalled) == 1
+    text = session.prompt.decode(recalled[0].tokens)
+    assert "a red cart passes the loading dock" in text and "parked by the door" not in text
+    # The live stamp keeps its meaning: the latest window the answer is based on.
+    assert response.stamp.sec >= T0 + 1
+
+
+def test_ask_without_memory_answers_from_the_live_stream(harness, tmp_path):
+    h = harness(**memory(tmp_path, ask_entries=0))
+    h.start()
+    h.stream(RAW, T0, 1.2)
+    settled(h, RAW, 12)
+    response = h.call(Ask, "/svlm/ask", Ask.Request(question="What is there?"), timeout=60)
+    assert response.success and list(response.sources) == []
+    assert not any(s.kind is Kind.RECALLED for s in h.node.scheduler.cameras[RAW].session.table.segments)
+
+
+def test_summaries_wait_for_an_idle_model(harness, tmp_path):
+    h = harness(**memory(tmp_path), max_queued_windows=8)
+    h.start()
+    stream = h.node.scheduler.cameras[RAW]
+    gate = Gate(stream.session)
+    h.stream(RAW, T0, 3.2)
+    assert gate.entered.wait(60)
+    wait_for(lambda: stream.stats.frames >= 32 and len(stream.queue) >= 1)
+    seen = {}
+
+    def job():
+        seen["queued"] = sum(len(s.queue) for s in h.node.scheduler.cameras.values())
+        seen["described"] = stream.stats.processed_windows
+        return "done"
+
+    future = h.node.scheduler.when_idle(job)
+    gate.open()
+    assert future.result(timeout=60) == "done"
+    assert seen["queued"] == 0 and seen["described"] == 3
+
+
+def test_a_restarted_node_sees_its_history_and_resumes_from_its_summaries(harness, tmp_path):
+    # A summary every 3 s of sensor time (0.05 minutes), written when the camera leaves the model idle.
+    first = harness(**memory(tmp_path, summary_minutes=0.05), max_queued_windows=8)
+    first.start()
+    first.stream(RAW, T0, 7.2)
+    settled(first, RAW, 72)
+    node_memory = first.node.memory
+    wait_for(lambda: node_memory.summarizer.done + node_memory.summarizer.empty >= 1 and
+             not node_memory._pending, timeout=120)
+    written_summaries = node_memory.summaries.count()
+    assert written_summaries >= 1
+    first.close()  # the first node stops: its worker, then its memory (every window committed)
+
+    summaries = SummaryStore(tmp_path / "memory.sqlite")
+    summaries.add(Summary(RAW, "hour", T0, T0 + 3600, "the dock was busy with red carts"))
+    summaries.close()
+    second = harness(**memory(tmp_path, resume_context=True))
+    second.start()
+    session = second.node.scheduler.cameras[RAW].session
+    assert "the dock was busy with red carts" in session.config.prompt.context
+    second.stream(RAW, T0 + 100, 1.2)
+    settled(second, RAW, 12)
+    head = "".join(session.prompt.decode(s.tokens) for s in session.table.segments if s.kind is Kind.PREV_TEXT)
+    assert "the dock was busy with red carts" in head
+    history = recall(second, since=stamp(T0), until=stamp(T0 + 10), limit=50)
+    assert history.success and len(history.entries) >= 1  # the first node's windows
+
+
+def test_a_corrupt_memory_file_is_an_error_and_descriptions_keep_flowing(harness, tmp_path):
+    path = tmp_path / "memory.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    h = harness(**memory(tmp_path))
+    h.start()
+    h.stream(RAW, T0, 2.2)
+    settled(h, RAW, 22)
+    wait_for(lambda: len(h.descriptions) >= 2)
+    response = recall(h, query="cart")
+    assert not response.success and str(path) in response.message and "move it aside" in response.message
+
+    def memory_status():
+        for array in list(h.diagnostics):
+            for status in array.status:
+                if status.name.endswith(": memory"):
+                    return status
+        return None
+
+    wait_for(lambda: memory_status() is not None)
+    status = memory_status()
+    assert status.level == DiagnosticStatus.ERROR
+    assert str(path) in status.message
+    ask = h.call(Ask, "/svlm/ask", Ask.Request(question="what happened an hour ago?"), timeout=60)
+    assert ask.success and "memory is unavailable" in ask.message
