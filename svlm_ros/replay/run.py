@@ -27,7 +27,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ..config import MemoryConfig, NodeConfig
+from ..config import NodeConfig
 from ..engine.models import RANDOM_MODELS, LoadedModel, load_model
 from ..memory.store import Entry, MemoryStore
 from ..memory.writer import MemoryWriter
@@ -123,7 +123,9 @@ class BagReplay:
             stack.callback(self.reader.close)
             self.memory_writer = None
             if options.memory is not None:
-                self.memory_writer = MemoryWriter(lambda: MemoryStore(options.memory, MemoryConfig()))
+                memory_config = self.node_config.memory  # --params / --set memory.* (retention, merging)
+                self.memory_writer = MemoryWriter(lambda: MemoryStore(options.memory, memory_config),
+                                                  memory_config.queue_size)
                 stack.callback(self.memory_writer.close)
                 stack.callback(self.memory_writer.flush)
             if options.realtime:
@@ -201,7 +203,9 @@ class BagReplay:
             self.subtitles.write(record)
             self.bag_out.write(record, self.frame_ids.get(camera, ""))
             if self.memory_writer is not None:
-                self.memory_writer.offer(Entry(camera, record.start, record.end, record.text, record.silent))
+                # A replay waits for the disk rather than drop a window from the store.
+                self.memory_writer.offer(Entry(camera, record.start, record.end, record.text, record.silent),
+                                         block=True)
             report.append_sample(self.samples, record, memory)
             if window.frames and self._wants_thumbnail(camera, record.stream_start):
                 report.save_thumbnail(self.out, record, window.frames[len(window.frames) // 2])

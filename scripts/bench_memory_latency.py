@@ -1,0 +1,81 @@
+"""Per-window latency with the memory store on and off, measured in one run (issue 13).
+
+The worker's path per window is the engine's step, then what the node's `record` does with the
+memory on: offer the entry to the writer thread (never waited on) and plan summaries. The
+writer thread commits and embeds new texts on the side, competing for the same cores, which is
+the cost this measures. Blocks of windows alternate off/on (ABAB...), so drift in the machine's
+speed falls on both equally.
+
+    .venv/bin/python scripts/bench_memory_latency.py --windows 400 --block 20
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from svlm_ros.config import EngineConfig, GenerationConfig, MemoryConfig, ModelConfig
+from svlm_ros.engine.models import load_model
+from svlm_ros.engine.session import StreamSession
+from svlm_ros.memory.store import Embedder, Entry, MemoryStore
+from svlm_ros.memory.summaries import SummaryPlanner
+from svlm_ros.memory.writer import MemoryWriter
+from svlm_ros.synthetic import moving_shapes
+
+
+def percentile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny-random")
+    parser.add_argument("--windows", type=int, default=400)
+    parser.add_argument("--block", type=int, default=20, help="windows per off/on block")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    loaded = load_model(ModelConfig(model=args.model, device="cpu", dtype="float32"))
+    config = EngineConfig(generation=GenerationConfig(max_new_tokens=12))
+    config.frames.min_pixels = config.frames.max_pixels = 224 * 224
+    session = StreamSession(loaded, config)
+    session.warm_up()
+    with tempfile.TemporaryDirectory() as folder:
+        memory_config = MemoryConfig()
+        embedder = Embedder()
+        embedder(["warm the embedding model up"])  # loaded once, as the node's writer does on its first text
+        writer = MemoryWriter(lambda: MemoryStore(Path(folder) / "memory.sqlite", memory_config, embedder))
+        planner = SummaryPlanner(memory_config)
+        latencies = {"off": [], "on": []}
+        t0 = 1_763_740_800.0
+        for index in range(args.windows):
+            mode = "on" if (index // args.block) % 2 else "off"
+            frames = [moving_shapes(index + k / 2, 224, 224) for k in range(2)]
+            started = time.perf_counter()
+            result = session.step(frames, t0 + index, t0 + index + 1)
+            if mode == "on":
+                writer.offer(Entry("/camera", t0 + index, t0 + index + 1, result.text, result.silent))
+                planner.observe("/camera", t0 + index + 1)
+            latencies[mode].append(time.perf_counter() - started)
+        writer.flush(timeout=120)
+        writer.close()
+        print(f"memory latency: {args.model}, {args.windows} windows in blocks of {args.block}, "
+              f"{writer.written} entries written, {writer.dropped} dropped")
+        print("| memory | windows | p50 ms | p95 ms | mean ms |")
+        print("|---|---|---|---|---|")
+        for mode in ("off", "on"):
+            values = latencies[mode]
+            print(f"| {mode} | {len(values)} | {1000 * percentile(values, 0.5):.1f} | "
+                  f"{1000 * percentile(values, 0.95):.1f} | {1000 * statistics.mean(values):.1f} |")
+        ratio = percentile(latencies["on"], 0.5) / percentile(latencies["off"], 0.5)
+        print(f"p50 on/off: {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
