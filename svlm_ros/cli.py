@@ -38,13 +38,15 @@ def main(argv=None) -> int:
 
     recall.add_arguments(commands.add_parser(
         "recall", help="search a memory store by words, meaning, time, camera and place"))
-    from training import build_dataset, train
+    from training import build_dataset, label, train
 
     build_dataset.add_arguments(commands.add_parser(
         "build-dataset", help="cut bags and timed text into overlapping training windows (sharded)"))
+    label.add_arguments(commands.add_parser(
+        "label", help="a teacher VLM at an OpenAI-compatible endpoint writes each second's text (BAG.labels.jsonl)"))
     train.add_arguments(commands.add_parser(
         "train", help="fine-tune on a built dataset (overlapped-chunk SFT; see training/README.md)"))
-    runners = {"build-dataset": build_dataset.run, "train": train.run, "describe-video": describe.run, "bench": bench.run, "replay": replay.run, "synth-bag": synth.run,
+    runners = {"build-dataset": build_dataset.run, "label": label.run, "train": train.run, "describe-video": describe.run, "bench": bench.run, "replay": replay.run, "synth-bag": synth.run,
                "eval": evaluate.run_eval, "judge": evaluate.run_judge, "recall": recall.run}
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,

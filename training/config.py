@@ -118,6 +118,49 @@ class TrainConfig:
         return self
 
 
+@dataclass
+class LabelConfig:
+    """The teacher of `svlm label` (training/label.py): what it is asked about each second, and how.
+
+    Every second is asked on its own (see training/label.py for why the previous second's answer
+    is not part of the prompt); the teacher sees the end of the second before as a picture instead.
+    In the texts, {start} and {end} are the second's times (stream seconds), {count} its number of
+    frames, and {marker} the engine's silence marker without its leading space ("...")."""
+
+    system: str = (
+        "You write the training captions of a live video narrator for a robot's camera. You are shown one "
+        "second of video at a time, as a few frames in order, and you answer for that second alone.")
+    context_text: str = "For comparison, the end of the second before:"  # before the previous second's frames
+    frames_text: str = "Second {start}-{end} s of the video, {count} frames in order:"
+    instruction: str = (
+        "In one short sentence (at most 12 words), say what is new in this second: something appears, "
+        "leaves, starts or stops moving, turns, or an action starts or ends. Do not describe what is the "
+        "same as in the second before. If nothing changes, answer exactly {marker}")
+    previous_frames: int = 1  # last frames of the second before, shown first (0: none)
+    max_tokens: int = 48
+    temperature: float = 0.0  # the same question gets the same answer, so caching it is sound
+    concurrency: int = 8  # requests in flight
+    retries: int = 4  # after the first attempt: 429, 408, 5xx, time-outs, connection failures
+    backoff_s: float = 1.0  # the first retry waits this long (plus up to 25% jitter), doubling each time
+    max_backoff_s: float = 60.0  # no wait is longer, a server's Retry-After included
+    timeout_s: float = 120.0  # per request
+    jpeg_quality: int = 90  # frames go as base64 JPEG data URLs
+    cache: str = ""  # answer cache file; empty: beside the output (BAG.labels.cache.jsonl)
+
+    def validate(self) -> "LabelConfig":
+        if self.concurrency < 1 or self.retries < 0 or self.previous_frames < 0:
+            raise ValueError(f"need concurrency >= 1, retries >= 0 and previous_frames >= 0, got "
+                             f"{self.concurrency}, {self.retries}, {self.previous_frames}")
+        if self.timeout_s <= 0 or self.backoff_s < 0 or self.max_backoff_s < 0:
+            raise ValueError(f"need timeout_s > 0, backoff_s >= 0 and max_backoff_s >= 0, got {self.timeout_s}, "
+                             f"{self.backoff_s}, {self.max_backoff_s}")
+        if self.max_tokens < 1 or self.temperature < 0:
+            raise ValueError(f"need max_tokens >= 1 and temperature >= 0, got {self.max_tokens}, {self.temperature}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+        return self
+
+
 def from_dict(cls, values: Dict[str, Any], where: str = ""):
     """A dataclass from nested dicts; an unknown key is refused with the known ones."""
     if values is None:
