@@ -348,3 +348,26 @@ def test_two_processes_match_one_with_the_same_global_batch(dataset, tmp_path):
     assert len(one) == len(two) == 3
     np.testing.assert_allclose(two, one, rtol=1e-4)
     assert one[-1] < one[0]
+
+
+def test_lora_trains_only_adapters_and_exports_merged_weights_the_engine_loads(dataset, tmp_path):
+    from svlm_ros.config import ModelConfig
+    from svlm_ros.engine.models import load_model
+    from training.config import LoraSettings
+    from training.train import Trainer
+
+    out = tmp_path / "lora"
+    trainer = Trainer(train_config(dataset, out, max_steps=3, export=True,
+                                   lora=LoraSettings(enabled=True, r=4, alpha=8, dropout=0.0)))
+    trainable = [n for n, p in trainer.module.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert not any("visual" in n for n in trainable)
+    trainer.train()
+    base = load_model(ModelConfig(model="tiny-random", device="cpu", dtype="float32")).model.state_dict()
+    tuned = load_model(ModelConfig(model=str(out / "model"), device="cpu", dtype="float32")).model.state_dict()
+    assert not any("lora" in k for k in tuned) and tuned.keys() == base.keys()
+    changed = [k for k in base if not torch.equal(base[k], tuned[k])]
+    # The adapters were merged into the projections they target, and nothing else moved.
+    assert changed and all(any(m in k for m in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                   "down_proj")) for k in changed), changed
+    assert not any("visual" in k for k in changed)
