@@ -1,4 +1,5 @@
 """The memory store: a day of descriptions recalled by word, meaning, time and place (issue 13)."""
+import hashlib
 import os
 import signal
 import sqlite3
@@ -6,10 +7,13 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from svlm_ros.config import MemoryConfig
+from svlm_ros.memory import store as store_module
 from svlm_ros.memory.store import Embedder, Entry, MemoryError, MemoryStore, Pose
+from svlm_ros.memory.summaries import SummaryStore
 from svlm_ros.memory.writer import MemoryWriter
 
 DAY0 = 1_763_683_200.0  # 2025-11-21 00:00 UTC
@@ -171,3 +175,201 @@ def test_replay_fills_a_store_that_svlm_recall_searches(tmp_path, capsys):
     assert 1 <= len(lines) <= 3 and all("/cam0/image_raw" in line for line in lines)
     assert svlm(["recall", str(tmp_path / "none.sqlite"), "cart"]) == 2
     assert "no memory store" in capsys.readouterr().err
+
+
+# ----- layout 2: scale (texts ranked, then expanded to entries), retention in bounded steps -----------
+
+LAYOUT_1 = """
+CREATE TABLE texts (id INTEGER PRIMARY KEY, text TEXT NOT NULL UNIQUE, vector BLOB);
+CREATE TABLE entries (id INTEGER PRIMARY KEY, camera TEXT NOT NULL, start REAL NOT NULL, end REAL NOT NULL,
+    text_id INTEGER NOT NULL REFERENCES texts(id), silent INTEGER NOT NULL, x REAL, y REAL, z REAL, frame TEXT,
+    windows INTEGER NOT NULL DEFAULT 1);
+CREATE VIRTUAL TABLE entries_fts USING fts5(text, content='');
+"""
+
+
+class Hashed:
+    """A tiny deterministic embedder (bag of hashed words): tests about the store, not the model."""
+
+    def __call__(self, texts):
+        out = np.zeros((len(texts), 384), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in store_module.tokens(text):
+                out[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % 384] += 1.0
+        out[:, 383] += 0.01
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_a_store_of_an_older_or_newer_layout_is_refused_with_what_to_do(tmp_path):
+    old = tmp_path / "old.sqlite"
+    db = sqlite3.connect(old)
+    db.executescript(LAYOUT_1)
+    db.execute("INSERT INTO texts(text) VALUES ('a cart')")
+    db.commit()
+    db.close()
+    with pytest.raises(MemoryError, match=r"old\.sqlite has the layout of an older svlm_ros.*Move the file aside"):
+        MemoryStore(old, MemoryConfig(), Hashed())
+    assert sqlite3.connect(old).execute("SELECT text FROM texts").fetchone() == ("a cart",)  # untouched
+    newer = tmp_path / "newer.sqlite"
+    MemoryStore(newer, MemoryConfig(), Hashed()).close()
+    db = sqlite3.connect(newer)
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(MemoryError, match="layout 99, written by a newer svlm_ros"):
+        MemoryStore(newer, MemoryConfig(), Hashed())
+
+
+def test_a_new_store_beside_the_summaries_table_still_gets_incremental_vacuum(tmp_path):
+    path = tmp_path / "memory.sqlite"
+    SummaryStore(path).close()  # the summaries' table came first
+    store = MemoryStore(path, MemoryConfig(), Hashed())
+    assert store.db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION
+    store.add([Entry("/cam", DAY0, DAY0 + 1, "a red cart", False)])
+    assert store.recall("cart")[0].text == "a red cart"
+
+
+def busy_week(store, cameras=("/front", "/rear"), hours=6, step=10.0):
+    """Two cameras, a window every `step` s: a common sentence most of the time, a rare one once an
+    hour on /rear only, a quiet stretch now and then; the robot drives along x (1 m per minute)."""
+    batch = []
+    for k in range(int(hours * 3600 / step)):
+        t = DAY0 + k * step
+        for camera in cameras:
+            minute = int(k * step // 60)
+            if camera == "/rear" and (k * step) % 3600 == 1800:
+                text = f"A blue forklift drops a crate in hour {int(k * step // 3600)}."
+            elif minute % 11 == 5:
+                text = ""
+            else:
+                text = ["A person walks past the shelves.", "A pallet waits by the door."][minute % 2]
+            batch.append(Entry(camera, t, t + step, text, not text, Pose(float(minute), 0.0)))
+    for start in range(0, len(batch), 64):
+        store.add(batch[start:start + 64])
+
+
+@pytest.mark.parametrize("narrow_max", [0, 100_000], ids=["expand-texts-through-the-index", "rank-inside-filter"])
+def test_keyword_ranking_over_texts_returns_the_entries_under_the_filters(tmp_path, monkeypatch, narrow_max):
+    """Both ways of answering (rank the texts, then expand each to its entries under the filters; or
+    rank only the texts of the entries inside a narrow filter) give filtered entries, best first."""
+    monkeypatch.setattr(store_module, "NARROW_MAX", narrow_max)
+    monkeypatch.setattr(store_module, "NARROW_PLACE_MAX", narrow_max)
+    store = MemoryStore(tmp_path / "memory.sqlite", MemoryConfig(), Hashed())
+    busy_week(store)
+    hits = store.recall("blue forklift", limit=10)
+    assert sorted(h.text for h in hits[:6]) == [f"A blue forklift drops a crate in hour {h}." for h in range(6)]
+    # Camera: the rare sentence is only on /rear.
+    assert not any("forklift" in h.text for h in store.recall("blue forklift", camera="/front", limit=20))
+    rear = store.recall("blue forklift", camera="/rear", limit=3)
+    assert rear and all(h.camera == "/rear" and "forklift" in h.text for h in rear)
+    # Time: hour 2 only.
+    since, until = DAY0 + 2 * 3600, DAY0 + 3 * 3600 - 1
+    timed = store.recall("forklift crate", since=since, until=until, limit=5)
+    assert timed[0].text == "A blue forklift drops a crate in hour 2."
+    assert all(h.end >= since and h.start <= until for h in timed)
+    # Place: the robot was at x = minute; minute 150 is in hour 2.
+    placed = store.recall("forklift", near=(150.0, 0.0, 0.5), limit=5)
+    assert placed[0].text == "A blue forklift drops a crate in hour 2."
+    assert all(abs(h.pose.x - 150.0) <= 0.5 for h in placed)
+    # A common sentence is returned newest first within its text, and many entries of it fill the list.
+    people = store.recall("person walks", camera="/front", since=DAY0 + 3600, until=DAY0 + 7200, limit=10)
+    assert len(people) == 10 and all(h.text == "A person walks past the shelves." and h.camera == "/front"
+                                     for h in people)
+    assert all(DAY0 + 3600 - 10 <= h.start <= DAY0 + 7200 for h in people)
+
+
+def test_a_word_in_most_texts_does_not_drown_the_rare_one(tmp_path):
+    store = MemoryStore(tmp_path / "memory.sqlite", MemoryConfig(), Hashed())
+    store.add([Entry("/cam", DAY0 + k, DAY0 + k + 1, f"the box {k} is on the shelf", False) for k in range(0, 200, 2)])
+    store.add([Entry("/cam", DAY0 + 500, DAY0 + 501, "the dog sleeps", False)])
+    assert store.recall("the dog", limit=1)[0].text == "the dog sleeps"
+    assert store.recall("the", limit=3)  # every word common: still answered
+
+
+def test_runs_stop_at_max_run_and_time_ranges_find_long_entries(tmp_path):
+    store = MemoryStore(tmp_path / "memory.sqlite", MemoryConfig(), Hashed())
+    quiet = [Entry("/cam", DAY0 + k, DAY0 + k + 1, "", True) for k in range(int(2.5 * 3600))]
+    for start in range(0, len(quiet), 500):
+        store.add(quiet[start:start + 500])
+    assert store.count() == 3  # 3,600 s, 3,600 s and the rest
+    # One window that lasts 5 hours (no merge can make it; a caller can): a range in its middle finds it.
+    store.add([Entry("/long", DAY0, DAY0 + 5 * 3600, "a crane stands still", False)])
+    assert [h.text for h in store.recall(since=DAY0 + 4 * 3600, until=DAY0 + 4 * 3600 + 1, camera="/long")] == \
+        ["a crane stands still"]
+    middle = store.recall(since=DAY0 + 5000, until=DAY0 + 5001, camera="/cam", include_silent=True)
+    assert len(middle) == 1 and middle[0].start <= DAY0 + 5000 <= middle[0].end
+
+
+def test_retention_works_in_bounded_steps_and_gives_the_space_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "RETENTION_CHUNK", 50)
+    path = tmp_path / "memory.sqlite"
+    store = MemoryStore(path, MemoryConfig(retention_days=3 / 24), Hashed())
+    busy_week(store, hours=6, step=5.0)
+    reader = MemoryStore(path, MemoryConfig(), Hashed())  # another connection, as the node's services have
+    assert reader.recall("forklift hour 0", limit=1)[0].text == "A blue forklift drops a crate in hour 0."
+    commits = []
+    store.db.set_trace_callback(lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None)
+    rows_before = store.count()
+    removed = store.apply_retention(now=DAY0 + 6 * 3600)
+    assert removed == rows_before - store.count() and removed > 100
+    assert len(commits) >= removed // 50  # one transaction per chunk, not one for all
+    oldest = store.recall(since=DAY0, until=DAY0 + 6 * 3600, limit=100000, include_silent=True)
+    assert min(h.start for h in oldest) >= DAY0 + 3 * 3600
+    texts = {r[0] for r in store.db.execute("SELECT text FROM texts")}
+    assert "A blue forklift drops a crate in hour 1." not in texts  # no entry left: the text went too
+    assert "A blue forklift drops a crate in hour 4." in texts
+    # Neither ranking of the other connection returns a text that is gone.
+    for hit in reader.recall("blue forklift drops a crate in hour 1", limit=20):
+        assert hit.start >= DAY0 + 3 * 3600
+    # The size bound: the oldest go first until the store fits, and the file shrinks (incremental vacuum).
+    size = store.size_bytes()
+    store.config = MemoryConfig(retention_days=3 / 24, max_bytes=int(size * 0.7))
+    store.apply_retention(now=DAY0 + 6 * 3600)
+    assert store.size_bytes() <= int(size * 0.7)
+    assert store.db.execute("PRAGMA freelist_count").fetchone()[0] == 0
+    newest = store.recall(since=DAY0, until=DAY0 + 7 * 3600, limit=1, include_silent=True)[0]
+    assert newest.end == DAY0 + 6 * 3600  # the newest stay
+    assert reader.recall("pallet", limit=5)
+
+
+def test_the_meaning_index_is_trained_as_texts_grow_and_finds_what_an_exact_scan_finds(tmp_path, monkeypatch):
+    monkeypatch.setattr(MemoryStore, "IVF_MIN", 300)
+    store = MemoryStore(tmp_path / "memory.sqlite", MemoryConfig(), Hashed())
+    words = ["cart", "box", "dog", "van", "crate", "ladder", "drone", "pallet", "barrel", "cone"]
+    colours = ["red", "blue", "green", "white", "black", "grey", "pink", "brown"]
+    places = ["dock", "gate", "aisle", "door", "ramp", "yard", "office", "bay"]
+    texts = [f"a {c} {w} at the {p}" for w in words for c in colours for p in places]  # 640 distinct texts
+    for start in range(0, len(texts), 64):
+        store.add([Entry("/cam", DAY0 + k, DAY0 + k + 1, texts[k], False) for k in range(start, start + 64)])
+    meta = store._meta()
+    assert meta.get("ivf_centroids") is not None and int(meta["ivf_trained_on"]) >= 300
+    assert store.db.execute("SELECT COUNT(*) FROM texts WHERE cell < 0 AND text != ''").fetchone()[0] == 0
+    assert store.recall("green drone at the ramp", limit=1)[0].text == "a green drone at the ramp"
+    index = store._index
+    cells = len(index.centroids)
+    query = store_module.quantize(Hashed()(["pink barrel yard"])[0]).astype(np.float32)
+    similarity = index.similarity(query)
+    exact = sorted(similarity.tolist(), reverse=True)[:10]
+    found = index.search(query, 10, nprobe=cells - 1)  # nearly every cell: as good as the exact scan
+    assert similarity[found].tolist() == exact
+    # A reader that opens the file later uses the stored cells (no training of its own).
+    reader = MemoryStore(tmp_path / "memory.sqlite", MemoryConfig(), Hashed())
+    assert reader.recall("red van at the gate", limit=1)[0].text == "a red van at the gate"
+    assert reader._index.centroids is not None and len(reader._index.centroids) == cells
+
+
+def test_two_stores_on_one_file_see_each_others_writes(tmp_path):
+    """The node opens the file twice (the writer thread's store and the services' store)."""
+    path = tmp_path / "memory.sqlite"
+    writer, reader = MemoryStore(path, MemoryConfig(), Hashed()), MemoryStore(path, MemoryConfig(), Hashed())
+    writer.add([Entry("/cam", DAY0, DAY0 + 1, "a red cart by the door", False)])
+    assert reader.recall("cart", limit=1)[0].text == "a red cart by the door"  # loads the texts
+    writer.add([Entry("/cam", DAY0 + 5, DAY0 + 6, "a dog on the ramp", False)])
+    assert reader.recall("dog", limit=1)[0].text == "a dog on the ramp"  # and then the new ones
+    # Repeats merge across the two connections (each one's memory of the last entry is dropped
+    # when the other commits).
+    for k in range(2, 8):
+        (writer if k % 2 else reader).add([Entry("/cam", DAY0 + 4 + k, DAY0 + 5 + k, "a dog on the ramp", False)])
+    assert writer.count() == 2
+    assert sqlite3.connect(path).execute("SELECT windows, end FROM entries WHERE id = 2").fetchone() == \
+        (7, DAY0 + 12)

@@ -1,6 +1,13 @@
-"""Long-term memory: what the robot saw, where and when, searchable for days.
+"""Long-term memory: what the robot saw, where and when, searchable for days (ROS-free).
 
-`store.py` owns the SQLite file (entries, keyword index, embeddings of distinct texts, retention
-and ranked recall); `writer.py` keeps writes off the real-time path. The node's services, pose
-matching and summaries build on these (issue 13).
+- `store.py`: the SQLite file (entries merged into runs, distinct texts with their embeddings,
+  keyword and meaning indexes, retention) and ranked recall.
+- `writer.py`: keeps writes off the real-time path (a bounded queue and one thread).
+- `pose.py`: the robot's pose over time, matched to each window.
+- `summaries.py`: summaries in tiers (minutes, hour, day), planned from window stamps, written
+  by the model when it is idle; the seed text of a restarted stream.
+- `timewords.py`: "an hour ago", "between 10:00 and 10:15" ... as a range of sensor time.
+- `questions.py`: what a question about the past is given from memory, as timed lines.
+- `cli.py`: `svlm recall`.
+The node's side (services, pose topics, tf, diagnostics) is `svlm_ros/node/memory.py`.
 """
