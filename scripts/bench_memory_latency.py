@@ -1,7 +1,7 @@
 """Per-window latency with the memory store on and off, measured in one run (issue 13).
 
 The worker's path per window is the engine's step, then what the node's `record` does with the
-memory on: offer the entry to the writer thread (never waited on) and plan summaries. The
+memory on (new texts embedded by the node's embedding process, or `--embed-in-process`): offer the entry to the writer thread (never waited on) and plan summaries. The
 writer thread commits and embeds new texts on the side, competing for the same cores, which is
 the cost this measures. Blocks of windows alternate off/on (ABAB...), so drift in the machine's
 speed falls on both equally.
@@ -22,6 +22,7 @@ import numpy as np
 from svlm_ros.config import EngineConfig, GenerationConfig, MemoryConfig, ModelConfig
 from svlm_ros.engine.models import load_model
 from svlm_ros.engine.session import StreamSession
+from svlm_ros.memory.embedding_process import ProcessEmbedder
 from svlm_ros.memory.store import Embedder, Entry, MemoryStore
 from svlm_ros.memory.summaries import SummaryPlanner
 from svlm_ros.memory.writer import MemoryWriter
@@ -38,6 +39,8 @@ def main() -> None:
     parser.add_argument("--model", default="tiny-random")
     parser.add_argument("--windows", type=int, default=400)
     parser.add_argument("--block", type=int, default=20, help="windows per off/on block")
+    parser.add_argument("--embed-in-process", action="store_true",
+                        help="embed in this process (store.Embedder) instead of the node's embedding process")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     loaded = load_model(ModelConfig(model=args.model, device="cpu", dtype="float32"))
@@ -47,7 +50,7 @@ def main() -> None:
     session.warm_up()
     with tempfile.TemporaryDirectory() as folder:
         memory_config = MemoryConfig()
-        embedder = Embedder()
+        embedder = Embedder() if args.embed_in_process else ProcessEmbedder()
         embedder(["warm the embedding model up"])  # loaded once, as the node's writer does on its first text
         writer = MemoryWriter(lambda: MemoryStore(Path(folder) / "memory.sqlite", memory_config, embedder))
         planner = SummaryPlanner(memory_config)
@@ -64,7 +67,10 @@ def main() -> None:
             latencies[mode].append(time.perf_counter() - started)
         writer.flush(timeout=120)
         writer.close()
-        print(f"memory latency: {args.model}, {args.windows} windows in blocks of {args.block}, "
+        if isinstance(embedder, ProcessEmbedder):
+            embedder.close()
+        where = "in this process" if args.embed_in_process else "in the embedding process"
+        print(f"memory latency: {args.model}, embedding {where}, {args.windows} windows in blocks of {args.block}, "
               f"{writer.written} entries written, {writer.dropped} dropped")
         print("| memory | windows | p50 ms | p95 ms | mean ms |")
         print("|---|---|---|---|---|")

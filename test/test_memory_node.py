@@ -20,7 +20,7 @@ T0 = 1_763_740_800.0  # 2025-11-21, the synthetic bags' start
 
 
 def memory(tmp_path, **more):
-    values = {"memory.path": str(tmp_path / "memory.sqlite"), "memory.summary_minutes": 0.0}
+    values = {"memory.enabled": True, "memory.path": str(tmp_path / "memory.sqlite"), "memory.summary_minutes": 0.0}
     values.update({f"memory.{k}": v for k, v in more.items()})
     return values
 

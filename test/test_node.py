@@ -49,7 +49,9 @@ class Harness:
                      "generation.max_new_tokens": 4, "generation.answer_max_new_tokens": 6,
                      "image_topics": [RAW], "autostart": False,
                      # Tests count frames and windows, so delivery is reliable unless a test says not.
-                     "reliable_qos": True, "qos_depth": 100}
+                     "reliable_qos": True, "qos_depth": 100,
+                     # The long-term memory is tested in test_memory_node.py, which turns it on.
+                     "memory.enabled": False}
         overrides.update(parameters)
         self.node = SvlmNode(context=self.context,
                              parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])

@@ -21,9 +21,10 @@ from svlm_ros.msg import MemoryEntry
 
 from ..config import EngineConfig, MemoryConfig
 from ..engine.session import StreamSession
+from ..memory.embedding_process import ProcessEmbedder
 from ..memory.pose import PoseHistory
 from ..memory.questions import Recollection, Source, recollect
-from ..memory.store import Embedder, Entry, MemoryError, MemoryStore, Pose, default_path
+from ..memory.store import Entry, MemoryError, MemoryStore, Pose, default_path
 from ..memory.summaries import SummaryJob, SummaryPlanner, SummaryStore, Summarizer, seed_text
 from ..memory.writer import MemoryWriter
 
@@ -74,7 +75,9 @@ class NodeMemory:
         self._tf_buffer = self._tf_listener = None
         self.pose_source = "none"
         self.planner = SummaryPlanner(config)
-        embedder = Embedder()
+        # New texts and queries are embedded in a child process: in this one, the embedding model's
+        # Python would hold the interpreter lock the inference worker needs (docs/benchmarks.md).
+        self._embedder = embedder = ProcessEmbedder()
         try:
             self.store = MemoryStore(self.path, config, embedder)
             self.summaries = SummaryStore(self.path)
@@ -222,6 +225,7 @@ class NodeMemory:
         for closable in (self.store, self.summaries):
             if closable is not None:
                 closable.close()
+        self._embedder.close()
         self.writer = self.store = self.summaries = None
 
     def status_values(self) -> Dict[str, object]:
