@@ -92,7 +92,7 @@ def test_ask_answers_then_ages_out(tiny_model, rng):
         session.step(random_frames(rng), index, index + 1)
     answer = session.ask("What is on the table?")
     assert answer.window == 2 and answer.generated_tokens > 0
-    question = session.prompt.encode("What is on the table?")
+    question = session.prompt.question("What is on the table?")  # "Question: What is on the table?"
     queries = [s.tokens.tolist() for s in session.table.of_kind(Kind.QUERY)]
     assert question in queries
     for index in range(3, 6):
