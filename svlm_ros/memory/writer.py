@@ -48,11 +48,14 @@ class MemoryWriter:
             self.dropped += 1
             return False
 
-    def flush(self, timeout: Optional[float] = None) -> None:
-        """Wait until everything offered so far is committed (tests, shutdown)."""
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until everything offered so far is committed (tests, shutdown); False if `timeout` ran out."""
         done = threading.Event()
-        self._queue.put(_Marker(done), timeout=timeout)
-        done.wait(timeout)
+        try:
+            self._queue.put(_Marker(done), timeout=timeout)
+        except queue.Full:
+            return False
+        return done.wait(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
         self._queue.put(None, timeout=timeout)
