@@ -10,7 +10,6 @@ entry's stamp (so a replayed bag ages by its own clock).
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -19,7 +18,6 @@ from typing import Callable, List, Optional
 from .store import Entry, MemoryError, MemoryStore
 
 log = logging.getLogger(__name__)
-NICE = 10  # the writer thread's nice value: embedding new texts must not slow the windows down
 
 
 class MemoryWriter:
@@ -62,7 +60,6 @@ class MemoryWriter:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        _lower_priority()
         try:
             store = self._open_store()
         except MemoryError as error:
@@ -119,15 +116,6 @@ class MemoryWriter:
             self.errors += 1
             self.last_error = str(error)
             log.error("%s; the retention policy was not applied", error)
-
-
-def _lower_priority() -> None:
-    """The writer (and the threads its embedding model starts, which inherit it) yields the CPU to
-    the inference worker: on Linux a thread has its own nice value. Elsewhere, nothing changes."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
-    except (AttributeError, OSError):
-        pass
 
 
 class _Marker:
