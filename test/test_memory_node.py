@@ -209,3 +209,53 @@ def test_a_corrupt_memory_file_is_an_error_and_descriptions_keep_flowing(harness
     assert str(path) in status.message
     ask = h.call(Ask, "/svlm/ask", Ask.Request(question="what happened an hour ago?"), timeout=300)
     assert ask.success and "memory is unavailable" in ask.message
+
+
+class StandInTfBuffer:
+    """What the node uses of `tf2_ros.Buffer` (tf2_ros is not on PyPI, so the real one cannot run
+    here): the robot drives along x at 1 m/s in `map` until T0 + 3 s, then tf has no transform."""
+    lookups = []
+
+    def lookup_transform(self, target_frame, source_frame, time):
+        from geometry_msgs.msg import TransformStamped
+
+        seconds = time.nanoseconds * 1e-9
+        self.lookups.append((target_frame, source_frame, seconds))
+        if seconds > T0 + 3.0:
+            raise LookupError("extrapolation into the future")  # tf2 raises its own kinds; the node catches all
+        transform = TransformStamped()
+        transform.transform.translation.x = seconds - T0
+        return transform
+
+
+def test_pose_from_tf_when_tf2_ros_imports(harness, tmp_path, monkeypatch):
+    import types
+
+    tf2_ros = types.ModuleType("tf2_ros")
+    tf2_ros.Buffer = StandInTfBuffer
+    tf2_ros.TransformListener = lambda buffer, node: ("listening", buffer, node)
+    monkeypatch.setitem(__import__("sys").modules, "tf2_ros", tf2_ros)
+    StandInTfBuffer.lookups = []
+    h = harness(**memory(tmp_path, base_frame="base_link", map_frame="odom", pose_topic="/odom_unused"),
+                max_queued_windows=8)
+    h.start()
+    assert h.node.memory.pose_source == "tf odom <- base_link"  # tf is preferred to the pose topic
+    h.stream(RAW, T0, 4.2)
+    stats = settled(h, RAW, 42)
+    flushed(h)
+    assert stats.processed_windows >= 3
+    assert {(target, source) for target, source, _ in StandInTfBuffer.lookups} == {("odom", "base_link")}
+    ends = [seconds for _, _, seconds in StandInTfBuffer.lookups]
+    assert ends == sorted(ends) and all(float(e - T0).is_integer() for e in ends)  # one lookup per window end
+    late = sum(1 for seconds in ends if seconds > T0 + 3.0)
+    assert late >= 1 and h.node.memory.windows_without_pose == late
+    response = recall(h, since=stamp(T0), until=stamp(T0 + 10), limit=50)
+    assert response.success, response.message
+    assert {e.has_pose for e in response.entries} == {True, False}  # random weights: every window says something new
+    for entry in response.entries:  # a row keeps the pose of its first window's end
+        start = entry.start.sec + entry.start.nanosec * 1e-9
+        if start + 1.0 <= T0 + 3.0:
+            assert entry.has_pose and entry.frame_id == "odom"
+            assert entry.position.x == pytest.approx(start + 1.0 - T0, abs=1e-6)
+        else:
+            assert not entry.has_pose
