@@ -162,14 +162,22 @@ def test_replay_fills_a_store_that_svlm_recall_searches(tmp_path, capsys):
     bag, db = tmp_path / "shapes", tmp_path / "memory.sqlite"
     write_synthetic_bag(bag, 6, "mcap", height=48, width=64, fps=4)
     assert svlm(["replay", str(bag), "--out", str(tmp_path / "run"), "--memory", str(db), "--model", "tiny-random",
-                 "--device", "cpu", "--set", "frames.min_pixels=3136", "--set", "generation.max_new_tokens=4"]) == 0
+                 "--device", "cpu", "--set", "frames.min_pixels=3136", "--set", "generation.max_new_tokens=4",
+                 "--set", "memory.summary_max_tokens=6"]) == 0
     described = [line for line in (tmp_path / "run" / "descriptions.jsonl").read_text().splitlines() if line]
     stored = MemoryStore(db, MemoryConfig(), Embedder())
     windows = sqlite3.connect(db).execute("SELECT SUM(windows) FROM entries").fetchone()[0]
     assert windows == len(described) == 6  # every window stored (repeats merged into runs)
     stored.close()
-    capsys.readouterr()
+    # The bag's periods (its 10 minutes, hour and day) were still open when it ended: each is summarized.
+    summaries = SummaryStore(db)
     start = START_NS / 1e9
+    for tier in ("minutes", "hour", "day"):
+        [summary] = summaries.between(tier, None, None, "/cam0/image_raw", with_empty=True)
+        assert summary.start <= start < start + 6 <= summary.end
+        assert summary.text, f"the {tier} summary has notes to read: the model wrote something"
+    summaries.close()
+    capsys.readouterr()
     assert svlm(["recall", str(db), "--since", str(start + 2), "--until", str(start + 3.5), "--silent"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert 1 <= len(lines) <= 3 and all("/cam0/image_raw" in line for line in lines)

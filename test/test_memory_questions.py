@@ -74,6 +74,20 @@ def test_periods_align_on_the_local_clock_and_lower_tiers_come_first():
 def test_no_summaries_when_switched_off():
     planner = SummaryPlanner(MemoryConfig(summary_minutes=0))
     assert not any(planner.observe("/cam", NOW_S + s) for s in range(0, 4000, 10))
+    assert planner.close() == []
+
+
+def test_a_log_that_ends_closes_every_open_period_lower_tiers_first():
+    planner = SummaryPlanner(MemoryConfig(summary_minutes=10))
+    for second in range(0, 300):  # 10:02 to 10:07 on two cameras
+        planner.observe("/a", at(10, 2) + second + 1)
+        planner.observe("/b", at(10, 2) + second + 1)
+    jobs = planner.close()
+    day = period_start(at(10, 2), 86400)
+    assert [(j.camera, j.tier, j.start, j.end) for j in jobs] == [
+        ("/a", "minutes", at(10), at(10, 10)), ("/a", "hour", at(10), at(11)), ("/a", "day", day, day + 86400),
+        ("/b", "minutes", at(10), at(10, 10)), ("/b", "hour", at(10), at(11)), ("/b", "day", day, day + 86400)]
+    assert planner.close() == []  # each open period once
 
 
 class Words:

@@ -6,13 +6,15 @@
   `summary_minutes` on the local clock, then each hour (from its minute summaries) and each day
   (from its hour summaries), so a whole day stays reachable in a few thousand tokens.
 - `Summarizer`: turns one job into a summary. Its notes are the period's timed text, thinned to
-  `summary_input_tokens`; the model reads them as `previous text` in a session of its own and
-  answers `summary_instruction` (the stream's own cache is never touched).
+  `summary_input_tokens`; `SummaryModel` has the model read them as `previous text` in a session
+  of its own and answer `summary_instruction` (the streams' own caches are never touched).
 The node runs jobs only when the live cameras leave the model idle; a job still waiting when the
-next period of its tier ends has fallen behind and is counted.
+next period of its tier ends has fallen behind and is counted. A replay (`svlm replay --memory`)
+runs the same jobs, and at the end of a bag summarizes the periods still open.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 import threading
@@ -22,7 +24,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from ..config import MemoryConfig
+from ..config import EngineConfig, MemoryConfig
+from ..engine.models import LoadedModel
+from ..engine.session import StreamSession
 from .store import MemoryError, MemoryStore
 
 log = logging.getLogger(__name__)
@@ -143,6 +147,43 @@ class SummaryPlanner:
             if previous is None or start > previous:
                 self._current[(camera, tier)] = start
         return jobs
+
+    def close(self) -> List[SummaryJob]:
+        """Jobs for every period still open (the log ended), lower tiers first within each camera.
+        A later summary of the same period (the next bag goes on with it) replaces this one."""
+        if self.periods["minutes"] <= 0:
+            return []
+        cameras = list(dict.fromkeys(camera for camera, _ in self._current))
+        jobs = [SummaryJob(camera, tier, self._current[(camera, tier)],
+                           self._current[(camera, tier)] + self.periods[tier])
+                for camera in cameras for tier in TIERS if (camera, tier) in self._current]
+        self._current.clear()
+        return jobs
+
+
+class SummaryModel:
+    """The model writing a summary: it reads the notes as `previous text` in a session of its own
+    (made on first use, on the caller's thread, which must be the model's: the scheduler's worker),
+    so no camera's cache is touched."""
+
+    def __init__(self, loaded: LoadedModel, engine_config: EngineConfig):
+        self.loaded = loaded
+        self.engine_config = dataclasses.replace(engine_config)
+        self._session: Optional[StreamSession] = None
+
+    def __call__(self, notes: str, instruction: str, max_new_tokens: int) -> str:
+        if self._session is None:
+            self._session = StreamSession(self.loaded, self.engine_config)
+        session = self._session
+        session.set_context(notes)
+        session.reset()
+        try:
+            return session.ask(instruction, max_new_tokens=max_new_tokens).text
+        finally:
+            session.reset()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.loaded.tokenizer.encode(text, add_special_tokens=False))
 
 
 class Summarizer:

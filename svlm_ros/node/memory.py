@@ -8,7 +8,6 @@ ERROR in diagnostics and an answer to every recall; the descriptions go on.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from pathlib import Path
@@ -20,12 +19,11 @@ from rclpy.qos import HistoryPolicy, QoSProfile, qos_profile_sensor_data
 from svlm_ros.msg import MemoryEntry
 
 from ..config import EngineConfig, MemoryConfig
-from ..engine.session import StreamSession
 from ..memory.embedding_process import ProcessEmbedder
 from ..memory.pose import PoseHistory
 from ..memory.questions import Recollection, Source, recollect
 from ..memory.store import Entry, MemoryError, MemoryStore, Pose, default_path
-from ..memory.summaries import SummaryJob, SummaryPlanner, SummaryStore, Summarizer, seed_text
+from ..memory.summaries import SummaryJob, SummaryModel, SummaryPlanner, SummaryStore, Summarizer, seed_text
 from ..memory.writer import MemoryWriter
 
 log = logging.getLogger(__name__)
@@ -60,7 +58,7 @@ class NodeMemory:
         self.path = Path(config.path) if config.path else default_path()
         self.scheduler = scheduler
         self.loaded = loaded
-        self._engine_config = engine_config
+        self.summary_model = SummaryModel(loaded, engine_config)
         self.error: Optional[str] = None
         self.store: Optional[MemoryStore] = None
         self.summaries: Optional[SummaryStore] = None
@@ -70,7 +68,6 @@ class NodeMemory:
         self.summaries_behind = 0
         self._pending: Dict[Tuple[str, str], SummaryJob] = {}
         self._pending_lock = threading.Lock()
-        self._summary_session: Optional[StreamSession] = None
         self._pose_subscription = None
         self._tf_buffer = self._tf_listener = None
         self.pose_source = "none"
@@ -87,7 +84,7 @@ class NodeMemory:
                       error)
             return
         self.writer = MemoryWriter(lambda: MemoryStore(self.path, config, embedder), config.queue_size)
-        self.summarizer = Summarizer(self.store, self.summaries, config, self.count_tokens, self._generate)
+        self.summarizer = Summarizer(self.store, self.summaries, config, self.count_tokens, self.summary_model)
         self._start_pose_source()
         log.info("memory: %s (%d entries)", self.path, self.store.count())
 
@@ -102,7 +99,7 @@ class NodeMemory:
         return self.error is None
 
     def count_tokens(self, text: str) -> int:
-        return len(self.loaded.tokenizer.encode(text, add_special_tokens=False))
+        return self.summary_model.count_tokens(text)
 
     # ----- pose -------------------------------------------------------------------------------
     def _start_pose_source(self) -> None:
@@ -168,18 +165,6 @@ class NodeMemory:
             with self._pending_lock:
                 if self._pending.get((job.camera, job.tier)) is job:
                     del self._pending[(job.camera, job.tier)]
-
-    def _generate(self, notes: str, instruction: str, max_new_tokens: int) -> str:
-        """The model condenses `notes` (read as previous text) in a session of its own, on the worker."""
-        if self._summary_session is None:
-            self._summary_session = StreamSession(self.loaded, dataclasses.replace(self._engine_config))
-        session = self._summary_session
-        session.set_context(notes)
-        session.reset()
-        try:
-            return session.ask(instruction, max_new_tokens=max_new_tokens).text
-        finally:
-            session.reset()
 
     def seed(self, camera: str) -> str:
         return seed_text(self.summaries, camera) if self.summaries is not None else ""

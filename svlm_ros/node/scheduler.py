@@ -292,14 +292,21 @@ class Scheduler:
         self._wake.set()
 
     def drain(self) -> None:
-        """Describe every queued window now, on the caller's thread (replays: nothing is skipped)."""
+        """Describe every queued window now, then run the background jobs that waited for an idle
+        model, on the caller's thread (replays: nothing is skipped)."""
         while (work := self._next_window()) is not None:
             self._describe(*work)
+        while self._idle_jobs:
+            self._run_idle_job(*self._idle_jobs.popleft())
+            while (work := self._next_window()) is not None:  # a job may have queued nothing, but be sure
+                self._describe(*work)
 
     def wait_idle(self, timeout: Optional[float] = None) -> bool:
-        """Wait until the worker has described every queued window (the end of a replay)."""
+        """Wait until the worker has described every queued window and run every background job
+        (the end of a replay)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while any(stream.queue for stream in self.cameras.values()) or self.busy_since is not None:
+        while any(stream.queue for stream in self.cameras.values()) or self._idle_jobs or \
+                self.busy_since is not None:
             if self._thread is None or not self._thread.is_alive():
                 return False
             if deadline is not None and time.monotonic() > deadline:

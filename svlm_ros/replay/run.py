@@ -7,6 +7,11 @@ caller's thread drains the queue after each frame, as fast as the machine goes).
 instead paces the messages by the bag's clock (times `--rate`) and lets the scheduler's worker
 thread run as on the robot, so windows are skipped exactly when the node would skip them.
 
+With `--memory DB` every described window also goes into a long-term memory store, and the
+model writes the same tiered summaries the node writes (`memory.summary_minutes`), including, at
+the end of the bag, those of the periods still open, so a day of logs can be searched and asked
+about offline.
+
 Messages are read one at a time (`AnyReader.messages`), outputs are appended as windows are
 described, and the report is built from the files afterwards, so memory stays flat however long
 the bag. Ctrl-C stops reading; every output is closed and valid for the part already replayed.
@@ -27,9 +32,10 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ..config import NodeConfig
+from ..config import EngineConfig, MemoryConfig, NodeConfig
 from ..engine.models import RANDOM_MODELS, LoadedModel, load_model
 from ..memory.store import Entry, MemoryStore
+from ..memory.summaries import SummaryJob, SummaryModel, SummaryPlanner, SummaryStore, Summarizer
 from ..memory.writer import MemoryWriter
 from ..node.scheduler import Described, Scheduler
 from ..progress import progress
@@ -51,6 +57,50 @@ class ReplayOptions:
     copy_images: bool = False
     thumbnails: int = 60  # contact-sheet pictures per camera, spread over the bag
     memory: Optional[Path] = None  # a memory store to fill with every described window
+
+
+class StoreFiller:
+    """`--memory`: every described window into the store (a replay waits for the disk rather than
+    drop a window), and each closed period's summaries, run by the scheduler when no window waits,
+    as in the node."""
+
+    def __init__(self, path: Path, config: MemoryConfig, loaded: LoadedModel, engine_config: EngineConfig,
+                 scheduler: Scheduler):
+        self.path = path
+        self.scheduler = scheduler
+        self.writer = MemoryWriter(lambda: MemoryStore(path, config), config.queue_size)
+        self.planner = SummaryPlanner(config)
+        self.summarizer: Optional[Summarizer] = None
+        if config.summary_minutes > 0:
+            model = SummaryModel(loaded, engine_config)
+            self.summarizer = Summarizer(MemoryStore(path, config), SummaryStore(path), config, model.count_tokens,
+                                         model)
+
+    def record(self, record: "WindowRecord") -> None:
+        self.writer.offer(Entry(record.camera, record.start, record.end, record.text, record.silent), block=True)
+        if self.summarizer is not None:
+            for job in self.planner.observe(record.camera, record.end):
+                self.scheduler.when_idle(lambda job=job: self._summarize(job))
+
+    def bag_ended(self) -> None:
+        """Summaries of the periods still open; the caller then lets the scheduler run them."""
+        if self.summarizer is not None:
+            for job in self.planner.close():
+                self.scheduler.when_idle(lambda job=job: self._summarize(job))
+
+    def _summarize(self, job: SummaryJob) -> None:
+        self.writer.flush()  # the period's last windows must be in the store before it is read
+        summary = self.summarizer.run(job)
+        log.debug("summary %s %s %.0f-%.0f: %s", job.camera, job.tier, job.start, job.end, summary.text)
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()
+        if self.summarizer is not None:
+            log.info("memory %s: %d windows written, %d summaries", self.path, self.writer.written,
+                     self.summarizer.done + self.summarizer.empty)
+            self.summarizer.store.close()
+            self.summarizer.summaries.close()
 
 
 class MemorySampler:
@@ -121,13 +171,11 @@ class BagReplay:
                                      self.topics if options.copy_images else None)
             stack.callback(self.bag_out.close)
             stack.callback(self.reader.close)
-            self.memory_writer = None
-            if options.memory is not None:
-                memory_config = self.node_config.memory  # --params / --set memory.* (retention, merging)
-                self.memory_writer = MemoryWriter(lambda: MemoryStore(options.memory, memory_config),
-                                                  memory_config.queue_size)
-                stack.callback(self.memory_writer.close)
-                stack.callback(self.memory_writer.flush)
+            self.store_filler = None
+            if options.memory is not None:  # --params / --set memory.* (retention, merging, summaries)
+                self.store_filler = StoreFiller(options.memory, self.node_config.memory, self.loaded,
+                                                self.engine_config, scheduler)
+                stack.callback(self.store_filler.close)
             if options.realtime:
                 scheduler.start()
                 stack.callback(scheduler.stop)
@@ -178,6 +226,12 @@ class BagReplay:
         """The bag ended: describe each camera's last, open window, then wait for the worker."""
         for stream in scheduler.cameras.values():
             stream.flush()
+        self._let_worker_finish(scheduler)
+        if self.store_filler is not None:
+            self.store_filler.bag_ended()
+            self._let_worker_finish(scheduler)
+
+    def _let_worker_finish(self, scheduler: Scheduler) -> None:
         if self.options.realtime:
             scheduler.notify()
             scheduler.wait_idle()
@@ -202,10 +256,8 @@ class BagReplay:
             self.descriptions.write(record)
             self.subtitles.write(record)
             self.bag_out.write(record, self.frame_ids.get(camera, ""))
-            if self.memory_writer is not None:
-                # A replay waits for the disk rather than drop a window from the store.
-                self.memory_writer.offer(Entry(camera, record.start, record.end, record.text, record.silent),
-                                         block=True)
+            if self.store_filler is not None:
+                self.store_filler.record(record)
             report.append_sample(self.samples, record, memory)
             if window.frames and self._wants_thumbnail(camera, record.stream_start):
                 report.save_thumbnail(self.out, record, window.frames[len(window.frames) // 2])
