@@ -25,6 +25,7 @@ from ..memory.questions import Recollection, Source, recollect
 from ..memory.store import Entry, MemoryError, MemoryStore, Pose, default_path
 from ..memory.summaries import SummaryJob, SummaryModel, SummaryPlanner, SummaryStore, Summarizer, seed_text
 from ..memory.writer import MemoryWriter
+from .stamps import to_seconds, to_time_msg
 
 log = logging.getLogger(__name__)
 # Best effort hears both kinds of publisher; a deeper history than sensor data's 5 keeps a burst
@@ -47,7 +48,7 @@ def pose_message_type(pose_type: str):
 def pose_of(msg) -> Tuple[float, Pose]:
     """(stamp, position) of an Odometry, PoseStamped or PoseWithCovarianceStamped."""
     pose = msg.pose.pose if hasattr(msg.pose, "pose") else msg.pose
-    stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+    stamp = to_seconds(msg.header.stamp)
     return stamp, Pose(pose.position.x, pose.position.y, pose.position.z, msg.header.frame_id or "map")
 
 
@@ -233,13 +234,11 @@ class NodeMemory:
 
 
 def _seconds(stamp) -> Optional[float]:
-    value = stamp.sec + stamp.nanosec * 1e-9
+    value = to_seconds(stamp)
     return value if value > 0 else None
 
 
 def to_entry_msg(source: Source, silent: bool = False) -> MemoryEntry:
-    from .svlm_node import to_time_msg
-
     msg = MemoryEntry(camera=source.camera, text=source.text, silent=silent, kind=source.kind,
                       score=float(source.score))
     msg.start = to_time_msg(source.start)

@@ -7,8 +7,6 @@ import threading
 import time
 from typing import Dict, Optional, Tuple
 
-import numpy as np
-from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
@@ -30,6 +28,7 @@ from . import parameters
 from .images import BadImage
 from .memory import NodeMemory, to_entry_msg
 from .scheduler import Described, FrameWarning, Scheduler
+from .stamps import to_seconds, to_time_msg
 
 COMPRESSED_SUFFIX = "/compressed"  # the image_transport convention
 THROTTLE_S = 5.0
@@ -77,11 +76,6 @@ class _RosLogHandler(logging.Handler):
                 self._logger.debug(text)
         except Exception:  # noqa: BLE001 - logging must never raise (e.g. after the context shut down)
             self.handleError(record)
-
-
-def to_time_msg(seconds: float) -> TimeMsg:
-    whole = int(np.floor(seconds))
-    return TimeMsg(sec=whole, nanosec=int(round((seconds - whole) * 1e9)) % 1_000_000_000)
 
 
 class SvlmNode(LifecycleNode):
@@ -366,7 +360,7 @@ class SvlmNode(LifecycleNode):
         stream = self.scheduler.cameras.get(topic) if self.scheduler else None
         if not self._describing or stream is None:
             return
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        stamp = to_seconds(msg.header.stamp)
         stream.frame_id = msg.header.frame_id
         for warning in stream.feed(stamp, msg):
             self._warn(topic, warning)
