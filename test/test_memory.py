@@ -6,6 +6,8 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -381,3 +383,80 @@ def test_two_stores_on_one_file_see_each_others_writes(tmp_path):
     assert writer.count() == 2
     assert sqlite3.connect(path).execute("SELECT windows, end FROM entries WHERE id = 2").fetchone() == \
         (7, DAY0 + 12)
+
+
+# ----- embedding after the commit: a slow model never holds entries back ----------------------------
+
+class Gated(Hashed):
+    """Hashed embeddings that wait for `open` (a starved or stalled embedding model)."""
+
+    def __init__(self):
+        self.open = threading.Event()
+        self.calls = 0
+
+    def __call__(self, texts):
+        self.calls += 1
+        assert self.open.wait(120), "the test never opened the gate"
+        return super().__call__(texts)
+
+
+def test_a_stalled_embedding_model_delays_search_by_words_never_the_entries(tmp_path):
+    path = tmp_path / "memory.sqlite"
+    embedder = Gated()
+    writer = MemoryWriter(lambda: MemoryStore(path, MemoryConfig(), embedder), queue_size=8, batch=4)
+    reader = MemoryStore(path, MemoryConfig(), Hashed())
+    try:
+        for k in range(40):  # five times the queue, each offer waiting for the one before to commit
+            assert writer.offer(Entry("/cam", DAY0 + k, DAY0 + k + 1, f"crate number {k} on the belt", False))
+            assert wait_until(lambda: writer.written == k + 1), f"entry {k} was not committed"
+        assert writer.dropped == 0 and not embedder.open.is_set()  # the model is still stalled on its first texts
+        by_time = reader.recall(since=DAY0, until=DAY0 + 100, limit=100)
+        assert len(by_time) == 40
+        assert writer.awaiting_embedding >= 1 and reader.awaiting_embedding() == 40
+        assert reader.recall("crate belt", limit=100) == []  # not embedded, so not ranked yet
+        embedder.open.set()
+        assert writer.flush(timeout=120)  # committed and embedded
+        assert reader.awaiting_embedding() == 0 and writer.awaiting_embedding == 0
+        found = reader.recall("crate number 17", limit=5)
+        assert found and found[0].text == "crate number 17 on the belt"
+    finally:
+        embedder.open.set()
+        writer.close()
+        reader.close()
+
+
+def test_texts_left_unembedded_by_a_stopped_writer_are_embedded_by_the_next(tmp_path):
+    path = tmp_path / "memory.sqlite"
+    store = MemoryStore(path, MemoryConfig(), Hashed())
+    store.add([Entry("/cam", DAY0 + k, DAY0 + k + 1, f"pallet {k} wrapped", False) for k in range(5)], embed=False)
+    store.close()  # the node stopped before its embedding thread got to them
+    writer = MemoryWriter(lambda: MemoryStore(path, MemoryConfig(), Hashed()))
+    assert writer.flush(timeout=120)
+    writer.close()
+    store = MemoryStore(path, MemoryConfig(), Hashed())
+    assert store.awaiting_embedding() == 0 and store.recall("pallet 3", limit=1)[0].text == "pallet 3 wrapped"
+    store.close()
+
+
+def test_a_store_written_before_deferred_embedding_is_searched_whole(tmp_path):
+    path = tmp_path / "memory.sqlite"
+    store = MemoryStore(path, MemoryConfig(), Hashed())
+    store.add([Entry("/cam", DAY0, DAY0 + 1, "a blue bin by the dock", False)])
+    store.db.execute("DELETE FROM meta WHERE key = 'embedded_upto'")  # as the previous version wrote it
+    store.db.commit()
+    store.close()
+    store = MemoryStore(path, MemoryConfig(), Hashed())
+    assert store.awaiting_embedding() == 0 and store.recall("blue bin")[0].text == "a blue bin by the dock"
+    store.add([Entry("/cam", DAY0 + 1, DAY0 + 2, "a green bin by the dock", False)])
+    assert {hit.text for hit in store.recall("bin dock")} == {"a blue bin by the dock", "a green bin by the dock"}
+    store.close()
+
+
+def wait_until(condition, timeout=120.0):
+    """Polls a condition the writer thread makes true (committed counts), up to a generous bound."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

@@ -10,7 +10,10 @@ names the layout, and a file of another layout is refused with what to do.
   row, not 3,600. Indexed by time, by camera and time, by text and time, and by place (an R*Tree
   of the poses, `entries_place`).
 - `texts`: each distinct text once, with its sentence embedding (MiniLM, 384 dimensions)
-  quantized to int8 and its cell of the meaning index.
+  quantized to int8 and its cell of the meaning index. A new text is committed with its entry
+  at once and embedded afterwards (`embed_pending`, in id order; `meta.embedded_upto` says how
+  far): an entry never waits for the embedding model, and is found by time, camera and place
+  at once, by words and meaning once its text is embedded.
 Ranking is done over distinct texts, never over every row: robots say the same things again and
 again, so distinct texts are a few percent of the windows. A store instance keeps them in memory
 (`TextIndex`, loaded from `texts` at the first query, then kept up to date): BM25 over word
@@ -71,6 +74,7 @@ RETENTION_CHUNK = 5000  # entries deleted per transaction by retention
 RETENTION_FILL = 0.95  # a size-bound pass trims the store to this fraction of max_bytes
 VACUUM_STEP = 4096  # free pages given back to the file system per transaction
 DIMENSIONS = 384
+EVERY_TEXT = 2**62  # embedded_upto of a file whose texts were all embedded as they came
 
 
 class MemoryError(RuntimeError):
@@ -399,8 +403,9 @@ class MemoryStore:
         return changed
 
     # ----- writing ---------------------------------------------------------------------------
-    def add(self, entries: Sequence[Entry]) -> int:
-        """Store windows in one transaction; returns how many rows were added (not merged)."""
+    def add(self, entries: Sequence[Entry], embed: bool = True) -> int:
+        """Store windows in one transaction; returns how many rows were added (not merged). New
+        texts are then embedded (`embed`), or left to `embed_pending` (the writer's own thread)."""
         added = 0
         with self._lock:
             try:
@@ -423,15 +428,60 @@ class MemoryStore:
                 if isinstance(error, sqlite3.DatabaseError):
                     raise MemoryError(f"memory store {self.path}: write failed ({error})") from error
                 raise
-            if ids.new:
-                try:
-                    if self._should_train(meta):
-                        self._train()
-                except (sqlite3.DatabaseError, ValueError, MemoryError) as error:  # the entries are stored
-                    self.db.rollback()
-                    log.warning("memory store %s: training the meaning index failed (%s); meaning search scans "
-                                "the old cells and the new texts", self.path, error)
+        if embed and ids.new:
+            while self.embed_pending():
+                pass
         return added
+
+    def embed_pending(self, limit: int = 256) -> int:
+        """Embed the oldest texts committed without a vector (at most `limit`) and, as the texts
+        grow, train the meaning index again; returns how many texts were done (0: none waits).
+        The embedding runs outside the store's lock: `add` and `recall` go on meanwhile."""
+        with self._lock:
+            upto = self._embedded_upto(self._meta())
+            rows = self.db.execute("SELECT id, text FROM texts WHERE id > ? ORDER BY id LIMIT ?",
+                                   (upto, limit)).fetchall()
+        if not rows:
+            return 0
+        spoken = [(text_id, text) for text_id, text in rows if text]
+        vectors = quantize(self.embedder([text for _, text in spoken])) if spoken else None
+        with self._lock:
+            try:
+                meta = self._meta()
+                if self._embedded_upto(meta) != upto:
+                    return len(rows)  # another connection embedded them meanwhile
+                if spoken:
+                    centroids = self._writer_centroids(meta)
+                    cells = nearest_cells(vectors, centroids) if centroids is not None else \
+                        np.full(len(spoken), -1, dtype=np.int32)
+                    self.db.executemany("UPDATE texts SET vector=?, cell=? WHERE id=?",
+                                        ((vectors[k].tobytes(), int(cells[k]), text_id)
+                                         for k, (text_id, _) in enumerate(spoken)))
+                self._set_meta("embedded_upto", rows[-1][0])
+                self.db.commit()
+            except sqlite3.DatabaseError as error:
+                self.db.rollback()
+                raise MemoryError(f"memory store {self.path}: storing embeddings failed ({error})") from error
+            try:
+                if self._should_train(self._meta()):
+                    self._train()
+            except (sqlite3.DatabaseError, ValueError, MemoryError) as error:  # the vectors are stored
+                self.db.rollback()
+                log.warning("memory store %s: training the meaning index failed (%s); meaning search scans "
+                            "the old cells and the new texts", self.path, error)
+        return len(rows)
+
+    def awaiting_embedding(self) -> int:
+        """Texts committed and not embedded yet (found by time, camera and place, not yet by words)."""
+        with self._lock:
+            upto = self._embedded_upto(self._meta())
+            return self.db.execute("SELECT COUNT(*) FROM texts WHERE id > ? AND text != ''", (upto,)).fetchone()[0]
+
+    @staticmethod
+    def _embedded_upto(meta: Dict[str, object]) -> int:
+        # A file written before texts were embedded afterwards has every text embedded.
+        value = meta.get("embedded_upto")
+        return EVERY_TEXT if value is None else int(value)
 
     def _add(self, entry: Entry, text_id: int) -> Tuple[int, float]:
         if entry.camera not in self._last:
@@ -468,17 +518,13 @@ class MemoryStore:
         new = [text for text in distinct if text not in ids]
         if not new:
             return ids
-        spoken = [text for text in new if text]
-        vectors = quantize(self.embedder(spoken)) if spoken else np.zeros((0, DIMENSIONS), np.int8)
-        cells = np.full(len(spoken), -1, dtype=np.int32)
-        centroids = self._writer_centroids(meta)
-        if centroids is not None and len(spoken):
-            cells = nearest_cells(vectors, centroids)
-        by_text = {text: k for k, text in enumerate(spoken)}
-        for text in new:
-            k = by_text.get(text)
-            row = (text, None, -1) if k is None else (text, vectors[k].tobytes(), int(cells[k]))
-            ids[text] = self.db.execute("INSERT INTO texts(text, vector, cell) VALUES (?, ?, ?)", row).lastrowid
+        if "embedded_upto" not in meta:  # a file from before: every text it holds is embedded
+            newest = self.db.execute("SELECT MAX(id) FROM texts").fetchone()[0] or 0
+            self._set_meta("embedded_upto", newest)
+            meta["embedded_upto"] = newest
+        for text in new:  # embedded afterwards (embed_pending), so the entry never waits for the model
+            ids[text] = self.db.execute("INSERT INTO texts(text, vector, cell) VALUES (?, NULL, -1)",
+                                        (text,)).lastrowid
             ids.new += 1
         return ids
 
@@ -495,7 +541,7 @@ class MemoryStore:
     def _should_train(self, meta: Dict[str, object]) -> bool:
         """Train when the texts reach IVF_MIN, then again each time as many new texts have come as
         the last training saw (the cells follow what the robot sees as it changes)."""
-        newest = self.db.execute("SELECT MAX(id) FROM texts").fetchone()[0] or 0
+        newest = min(self.db.execute("SELECT MAX(id) FROM texts").fetchone()[0] or 0, self._embedded_upto(meta))
         trained_on = int(meta.get("ivf_trained_on") or 0)
         if not trained_on:
             return newest >= self.IVF_MIN
@@ -736,8 +782,9 @@ class MemoryStore:
             if blob is not None:
                 self._index.centroids = np.frombuffer(blob, dtype=np.float32).reshape(-1, DIMENSIONS).copy()
         while True:
-            rows = self.db.execute("SELECT id, vector, cell, text FROM texts WHERE id > ? AND vector IS NOT NULL "
-                                   "ORDER BY id LIMIT 65536", (self._index_upto,)).fetchall()
+            rows = self.db.execute("SELECT id, vector, cell, text FROM texts WHERE id > ? AND id <= ? "
+                                   "AND vector IS NOT NULL ORDER BY id LIMIT 65536",
+                                   (self._index_upto, self._embedded_upto(meta))).fetchall()
             if not rows:
                 return
             vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.int8).reshape(len(rows), -1)

@@ -6,6 +6,10 @@ batches (whatever is queued, at most `batch` entries per transaction); a store e
 and counted and the thread goes on with the next batch. It also applies the retention policy,
 when the store opens and then every `retention_every_s` of wall time, relative to the newest
 entry's stamp (so a replayed bag ages by its own clock).
+
+New texts are embedded by a second thread (`MemoryStore.embed_pending`), so a slow or starved
+embedding model delays only when a text becomes searchable by words and meaning, never the
+commits: the queue cannot fill because of it.
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ from typing import Callable, List, Optional
 from .store import Entry, MemoryError, MemoryStore
 
 log = logging.getLogger(__name__)
+# Texts per embedding call: small, so a recall query sharing the embedding model waits little.
+EMBED_CHUNK = 16
 
 
 class MemoryWriter:
@@ -33,8 +39,15 @@ class MemoryWriter:
         self.written = 0
         self.errors = 0
         self.last_error: Optional[str] = None
+        self.embedding_errors = 0
+        self.awaiting_embedding = 0  # texts committed, not embedded yet: as of the last embedding step
+        self._store: Optional[MemoryStore] = None
+        self._texts_added = threading.Event()  # the embedding thread's wake-up
+        self._embedded = threading.Condition()  # notified after each embedding pass
+        self._passes_started = self._passes_finished = 0  # embedding passes (each runs until nothing is left)
+        self._closing = False
         self._thread = threading.Thread(target=self._run, name="svlm-memory", daemon=True)
-        self._ready = threading.Event()
+        self._embed_thread = threading.Thread(target=self._embed, name="svlm-memory-embed", daemon=True)
         self._thread.start()
 
     def offer(self, entry: Entry, block: bool = False) -> bool:
@@ -46,14 +59,25 @@ class MemoryWriter:
             self.dropped += 1
             return False
 
-    def flush(self, timeout: Optional[float] = None) -> bool:
-        """Wait until everything offered so far is committed (tests, shutdown); False if `timeout` ran out."""
+    def flush(self, timeout: Optional[float] = None, embedded: bool = True) -> bool:
+        """Wait until everything offered so far is committed and (`embedded`) its texts embedded:
+        tests, shutdown, the end of a replay; a summary about to read the period's entries needs
+        only the commit. False if `timeout` ran out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         done = threading.Event()
         try:
             self._queue.put(_Marker(done), timeout=timeout)
         except queue.Full:
             return False
-        return done.wait(timeout)
+        if not done.wait(timeout):
+            return False
+        if not embedded or not self._embed_thread.is_alive():
+            return True  # the store never opened (nothing to embed), or the writer closed
+        with self._embedded:  # a pass that started after the commit has run until nothing was left
+            after_commit = self._passes_started + 1
+            self._texts_added.set()
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            return self._embedded.wait_for(lambda: self._passes_finished >= after_commit or self._closing, remaining)
 
     def close(self, timeout: float = 10.0) -> None:
         self._queue.put(None, timeout=timeout)
@@ -68,6 +92,9 @@ class MemoryWriter:
             while self._queue.get() is not None:  # keep the node's offers from piling up
                 self.dropped += 1
             return
+        self._store = store
+        self._embed_thread.start()
+        self._texts_added.set()  # texts a previous run committed but did not embed
         last_retention = None
         try:
             while True:
@@ -90,7 +117,8 @@ class MemoryWriter:
                         break
                 if pending:
                     try:
-                        store.add(pending)
+                        store.add(pending, embed=False)
+                        self._texts_added.set()
                         self.written += len(pending)
                         self._newest_end = max(self._newest_end, max(entry.end for entry in pending))
                     except MemoryError as error:
@@ -106,8 +134,39 @@ class MemoryWriter:
                 if stop:
                     return
         finally:
+            with self._embedded:
+                self._closing = True
+                self._embedded.notify_all()
+            self._texts_added.set()
+            self._embed_thread.join(30)  # an embedding pass in flight finishes; what is left waits for the next run
+            self._store = None
             store.close()
 
+    def _embed(self) -> None:
+        store = self._store
+        while not self._closing:
+            self._texts_added.wait()
+            self._texts_added.clear()
+            with self._embedded:
+                self._passes_started += 1
+            failed = False
+            while not self._closing:
+                try:
+                    self.awaiting_embedding = store.awaiting_embedding()
+                    if not store.embed_pending(EMBED_CHUNK):
+                        break
+                except Exception as error:  # noqa: BLE001 - the entries are stored; their texts wait for the next pass
+                    failed = True
+                    self.embedding_errors += 1
+                    self.last_error = f"embedding new texts failed: {error}"
+                    log.error("memory: %s; they stay searchable by time, camera and place, and are embedded "
+                              "with the next texts", self.last_error)
+                    break
+            if not failed and not self._closing:
+                self.awaiting_embedding = 0
+            with self._embedded:
+                self._passes_finished += 1
+                self._embedded.notify_all()
 
     def _retain(self, store: MemoryStore) -> None:
         try:

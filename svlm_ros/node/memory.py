@@ -159,7 +159,7 @@ class NodeMemory:
         self.scheduler.when_idle(lambda: self._summarize(job))
 
     def _summarize(self, job: SummaryJob):
-        self.writer.flush(timeout=30)  # the period's last windows must be in the store before it is read
+        self.writer.flush(timeout=30, embedded=False)  # the period's last windows must be in the store
         try:
             return self.summarizer.run(job)
         finally:
@@ -219,6 +219,8 @@ class NodeMemory:
         return {
             "memory_path": str(self.path), "memory_written": writer.written if writer else 0,
             "memory_dropped": writer.dropped if writer else 0, "memory_write_errors": writer.errors if writer else 0,
+            "memory_awaiting_embedding": writer.awaiting_embedding if writer else 0,
+            "memory_embedding_errors": writer.embedding_errors if writer else 0,
             "summaries_done": self.summarizer.done if self.available else 0,
             "summaries_waiting": len(self._pending), "summaries_behind": self.summaries_behind,
             "pose_source": self.pose_source, "poses_received": self.poses.received,

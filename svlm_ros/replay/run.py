@@ -89,7 +89,7 @@ class StoreFiller:
                 self.scheduler.when_idle(lambda job=job: self._summarize(job))
 
     def _summarize(self, job: SummaryJob) -> None:
-        self.writer.flush()  # the period's last windows must be in the store before it is read
+        self.writer.flush(embedded=False)  # the period's last windows must be in the store before it is read
         summary = self.summarizer.run(job)
         log.debug("summary %s %s %.0f-%.0f: %s", job.camera, job.tier, job.start, job.end, summary.text)
 
