@@ -119,6 +119,7 @@ def test_the_writer_never_blocks_and_counts_what_it_drops(tmp_path, embedder):
     writer = MemoryWriter(lambda: MemoryStore(path, MemoryConfig(), embedder), queue_size=4)
     for k in range(50):  # the store cannot open: offers still return at once
         writer.offer(Entry("/cam", DAY0 + k, DAY0 + k + 1, "text", False))
+    assert writer.flush() is False  # answered, not hung: nothing could be committed
     writer.close()
     assert "cannot be opened" in writer.last_error and writer.dropped >= 46
 
@@ -412,7 +413,7 @@ def test_a_stalled_embedding_model_delays_search_by_words_never_the_entries(tmp_
         assert writer.dropped == 0 and not embedder.open.is_set()  # the model is still stalled on its first texts
         by_time = reader.recall(since=DAY0, until=DAY0 + 100, limit=100)
         assert len(by_time) == 40
-        assert writer.awaiting_embedding >= 1 and reader.awaiting_embedding() == 40
+        assert reader.awaiting_embedding() == 40
         assert reader.recall("crate belt", limit=100) == []  # not embedded, so not ranked yet
         embedder.open.set()
         assert writer.flush(timeout=120)  # committed and embedded
@@ -449,6 +450,58 @@ def test_a_store_written_before_deferred_embedding_is_searched_whole(tmp_path):
     assert store.awaiting_embedding() == 0 and store.recall("blue bin")[0].text == "a blue bin by the dock"
     store.add([Entry("/cam", DAY0 + 1, DAY0 + 2, "a green bin by the dock", False)])
     assert {hit.text for hit in store.recall("bin dock")} == {"a blue bin by the dock", "a green bin by the dock"}
+    store.close()
+
+
+class KeepsTalking(Hashed):
+    """Every embedding call first offers one more window with a new text and waits for its commit,
+    so texts keep arriving faster than they are embedded (up to `extra` of them)."""
+
+    def __init__(self, extra=60):
+        self.writer = None
+        self.extra = extra
+        self.offered = 0
+
+    def __call__(self, texts):
+        if self.writer is not None and self.offered < self.extra:
+            self.offered += 1
+            k = 100 + self.offered
+            written = self.writer.written
+            self.writer.offer(Entry("/cam", DAY0 + k, DAY0 + k + 1, f"late box {k}", False))
+            assert wait_until(lambda: self.writer.written > written)
+        return super().__call__(texts)
+
+
+def test_flush_waits_for_what_was_offered_before_it_not_for_a_stream_that_never_ends(tmp_path):
+    path = tmp_path / "memory.sqlite"
+    embedder = KeepsTalking()
+    writer = MemoryWriter(lambda: MemoryStore(path, MemoryConfig(), embedder), batch=4)
+    try:
+        assert writer.flush(timeout=120)  # the store is open, nothing offered yet
+        embedder.writer = writer
+        for k in range(3):
+            writer.offer(Entry("/cam", DAY0 + k, DAY0 + k + 1, f"early box {k}", False))
+        assert writer.flush(timeout=120)
+        # Returned while the stream still had new texts to embed: each embedding call adds one.
+        assert embedder.offered < embedder.extra
+        reader = MemoryStore(path, MemoryConfig(), Hashed())
+        assert {h.text for h in reader.recall("early box", limit=10)} >= {f"early box {k}" for k in range(3)}
+        reader.close()
+    finally:
+        embedder.offered = embedder.extra
+        writer.close()
+
+
+def test_a_text_id_freed_by_retention_is_never_given_again(tmp_path):
+    path = tmp_path / "memory.sqlite"
+    store = MemoryStore(path, MemoryConfig(retention_days=1.0), Hashed())
+    store.add([Entry("/cam", DAY0 + 10 * 86400, DAY0 + 10 * 86400 + 1, "a steady shelf", False)])
+    store.add([Entry("/boot_clock_cam", 5.0, 6.0, "a once seen ladder", False)])  # the newest text, stamped at boot
+    newest = store.newest_text_id()
+    assert store.apply_retention(DAY0 + 10 * 86400 + 1) == 1  # the ladder's entry, and so its text, are gone
+    store.add([Entry("/cam", DAY0 + 10 * 86400 + 1, DAY0 + 10 * 86400 + 2, "a new red ladder", False)])
+    assert store.newest_text_id() == newest + 1 and store.awaiting_embedding() == 0
+    assert store.recall("red ladder", limit=1)[0].text == "a new red ladder"
     store.close()
 
 

@@ -385,8 +385,11 @@ class MemoryStore:
             self.db.close()
 
     # ----- small state shared by the store's connections ---------------------------------------
-    def _meta(self) -> Dict[str, object]:
-        return dict(self.db.execute("SELECT key, value FROM meta"))
+    def _meta(self, *keys: str) -> Dict[str, object]:
+        """The store's small state (all of it, or these keys: the centroids are megabytes)."""
+        if not keys:
+            return dict(self.db.execute("SELECT key, value FROM meta"))
+        return dict(self.db.execute(f"SELECT key, value FROM meta WHERE key IN ({','.join('?' * len(keys))})", keys))
 
     def _set_meta(self, key: str, value) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
@@ -411,7 +414,7 @@ class MemoryStore:
             try:
                 if self._others_wrote():
                     self._last.clear()
-                meta = self._meta()
+                meta = self._meta("max_span", "next_text_id", "embedded_upto")
                 ids = self._text_ids([("" if e.silent else e.text.strip()) for e in entries], meta)
                 span = float(meta.get("max_span") or 0.0)
                 longest = span
@@ -438,7 +441,7 @@ class MemoryStore:
         grow, train the meaning index again; returns how many texts were done (0: none waits).
         The embedding runs outside the store's lock: `add` and `recall` go on meanwhile."""
         with self._lock:
-            upto = self._embedded_upto(self._meta())
+            upto = self._embedded_upto(self._meta("embedded_upto"))
             rows = self.db.execute("SELECT id, text FROM texts WHERE id > ? ORDER BY id LIMIT ?",
                                    (upto, limit)).fetchall()
         if not rows:
@@ -447,23 +450,23 @@ class MemoryStore:
         vectors = quantize(self.embedder([text for _, text in spoken])) if spoken else None
         with self._lock:
             try:
-                meta = self._meta()
-                if self._embedded_upto(meta) != upto:
-                    return len(rows)  # another connection embedded them meanwhile
                 if spoken:
-                    centroids = self._writer_centroids(meta)
+                    centroids = self._writer_centroids()
                     cells = nearest_cells(vectors, centroids) if centroids is not None else \
                         np.full(len(spoken), -1, dtype=np.int32)
+                    # Text ids are never reused (next_text_id), so an id still names the text it was read with.
                     self.db.executemany("UPDATE texts SET vector=?, cell=? WHERE id=?",
                                         ((vectors[k].tobytes(), int(cells[k]), text_id)
                                          for k, (text_id, _) in enumerate(spoken)))
-                self._set_meta("embedded_upto", rows[-1][0])
+                # Never backwards: another connection may have embedded further meanwhile.
+                self.db.execute("INSERT INTO meta(key, value) VALUES ('embedded_upto', ?) "
+                                "ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)", (rows[-1][0],))
                 self.db.commit()
             except sqlite3.DatabaseError as error:
                 self.db.rollback()
                 raise MemoryError(f"memory store {self.path}: storing embeddings failed ({error})") from error
             try:
-                if self._should_train(self._meta()):
+                if self._should_train(self._meta("embedded_upto", "ivf_trained_on", "ivf_upto")):
                     self._train()
             except (sqlite3.DatabaseError, ValueError, MemoryError) as error:  # the vectors are stored
                 self.db.rollback()
@@ -474,8 +477,29 @@ class MemoryStore:
     def awaiting_embedding(self) -> int:
         """Texts committed and not embedded yet (found by time, camera and place, not yet by words)."""
         with self._lock:
-            upto = self._embedded_upto(self._meta())
+            upto = self._embedded_upto(self._meta("embedded_upto"))
             return self.db.execute("SELECT COUNT(*) FROM texts WHERE id > ? AND text != ''", (upto,)).fetchone()[0]
+
+    def newest_text_id(self) -> int:
+        """The id of the newest text ever added (deleted ones included: ids are never reused)."""
+        with self._lock:
+            return self._next_text_id(self._meta("next_text_id")) - 1
+
+    def embedded_through(self) -> int:
+        """Every text with an id up to this one is embedded, or was deleted."""
+        with self._lock:
+            meta = self._meta("embedded_upto", "next_text_id")
+            upto = self._embedded_upto(meta)
+            if upto != EVERY_TEXT and self.db.execute("SELECT 1 FROM texts WHERE id > ? LIMIT 1", (upto,)).fetchone():
+                return upto
+            # Nothing waits (or the file predates deferred embedding): every id given so far is done.
+            return self._next_text_id(meta) - 1
+
+    def _next_text_id(self, meta: Dict[str, object]) -> int:
+        # Kept in meta, so the id of a text retention deleted is never given to a new one: the
+        # embedding's progress (embedded_upto) and the readers' (_index_upto) both mean "every id up to".
+        newest = self.db.execute("SELECT MAX(id) FROM texts").fetchone()[0] or 0
+        return max(int(meta.get("next_text_id") or 0), newest + 1)
 
     @staticmethod
     def _embedded_upto(meta: Dict[str, object]) -> int:
@@ -518,21 +542,24 @@ class MemoryStore:
         new = [text for text in distinct if text not in ids]
         if not new:
             return ids
+        next_id = self._next_text_id(meta)
         if "embedded_upto" not in meta:  # a file from before: every text it holds is embedded
-            newest = self.db.execute("SELECT MAX(id) FROM texts").fetchone()[0] or 0
-            self._set_meta("embedded_upto", newest)
-            meta["embedded_upto"] = newest
+            self._set_meta("embedded_upto", next_id - 1)
+            meta["embedded_upto"] = next_id - 1
         for text in new:  # embedded afterwards (embed_pending), so the entry never waits for the model
-            ids[text] = self.db.execute("INSERT INTO texts(text, vector, cell) VALUES (?, NULL, -1)",
-                                        (text,)).lastrowid
+            self.db.execute("INSERT INTO texts(id, text, vector, cell) VALUES (?, ?, NULL, -1)", (next_id, text))
+            ids[text] = next_id
             ids.new += 1
+            next_id += 1
+        self._set_meta("next_text_id", next_id)
+        meta["next_text_id"] = next_id
         return ids
 
     # ----- the inverted file over the vectors ---------------------------------------------------
-    def _writer_centroids(self, meta: Dict[str, object]) -> Optional[np.ndarray]:
-        version = meta.get("ivf_version")
+    def _writer_centroids(self) -> Optional[np.ndarray]:
+        version = self._meta("ivf_version").get("ivf_version")
         if version != self._centroids_version:
-            blob = meta.get("ivf_centroids")
+            blob = self._meta("ivf_centroids").get("ivf_centroids")
             self._centroids = None if blob is None else \
                 np.frombuffer(blob, dtype=np.float32).reshape(-1, DIMENSIONS).copy()
             self._centroids_version = version

@@ -9,7 +9,8 @@ entry's stamp (so a replayed bag ages by its own clock).
 
 New texts are embedded by a second thread (`MemoryStore.embed_pending`), so a slow or starved
 embedding model delays only when a text becomes searchable by words and meaning, never the
-commits: the queue cannot fill because of it.
+commits: the queue cannot fill because of it. (Training the meaning index, at 50,000 texts and
+then each time the texts double, holds the store for a few seconds; the queue absorbs that.)
 """
 from __future__ import annotations
 
@@ -43,8 +44,8 @@ class MemoryWriter:
         self.awaiting_embedding = 0  # texts committed, not embedded yet: as of the last embedding step
         self._store: Optional[MemoryStore] = None
         self._texts_added = threading.Event()  # the embedding thread's wake-up
-        self._embedded = threading.Condition()  # notified after each embedding pass
-        self._passes_started = self._passes_finished = 0  # embedding passes (each runs until nothing is left)
+        self._embedded = threading.Condition()  # notified after each embedding step
+        self._embedded_through = 0  # every text id up to this one is embedded (or deleted)
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="svlm-memory", daemon=True)
         self._embed_thread = threading.Thread(target=self._embed, name="svlm-memory-embed", daemon=True)
@@ -62,22 +63,24 @@ class MemoryWriter:
     def flush(self, timeout: Optional[float] = None, embedded: bool = True) -> bool:
         """Wait until everything offered so far is committed and (`embedded`) its texts embedded:
         tests, shutdown, the end of a replay; a summary about to read the period's entries needs
-        only the commit. False if `timeout` ran out."""
+        only the commit. False if `timeout` ran out, the store is not open, or embedding failed."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        done = threading.Event()
+        marker = _Marker()
         try:
-            self._queue.put(_Marker(done), timeout=timeout)
+            self._queue.put(marker, timeout=timeout)
         except queue.Full:
             return False
-        if not done.wait(timeout):
+        if not marker.done.wait(timeout) or not marker.ok:
             return False
-        if not embedded or not self._embed_thread.is_alive():
-            return True  # the store never opened (nothing to embed), or the writer closed
-        with self._embedded:  # a pass that started after the commit has run until nothing was left
-            after_commit = self._passes_started + 1
+        if not embedded:
+            return True
+        with self._embedded:
+            errors = self.embedding_errors
             self._texts_added.set()
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            return self._embedded.wait_for(lambda: self._passes_finished >= after_commit or self._closing, remaining)
+            self._embedded.wait_for(lambda: self._embedded_through >= marker.newest_text or self._closing or
+                                    self.embedding_errors > errors, remaining)
+            return self._embedded_through >= marker.newest_text
 
     def close(self, timeout: float = 10.0) -> None:
         self._queue.put(None, timeout=timeout)
@@ -89,8 +92,12 @@ class MemoryWriter:
         except MemoryError as error:
             self.last_error = str(error)
             log.error("%s; descriptions go on, but nothing is remembered", error)
-            while self._queue.get() is not None:  # keep the node's offers from piling up
-                self.dropped += 1
+            while (item := self._queue.get()) is not None:  # keep the node's offers from piling up
+                if isinstance(item, _Marker):
+                    item.ok = False
+                    item.done.set()
+                else:
+                    self.dropped += 1
             return
         self._store = store
         self._embed_thread.start()
@@ -129,8 +136,11 @@ class MemoryWriter:
                                          time.monotonic() - last_retention >= self._retention_every_s):
                     self._retain(store)
                     last_retention = time.monotonic()
-                for marker in markers:
-                    marker.done.set()
+                if markers:
+                    newest_text = self._newest_text(store)
+                    for marker in markers:
+                        marker.newest_text = newest_text
+                        marker.done.set()
                 if stop:
                     return
         finally:
@@ -147,26 +157,30 @@ class MemoryWriter:
         while not self._closing:
             self._texts_added.wait()
             self._texts_added.clear()
-            with self._embedded:
-                self._passes_started += 1
-            failed = False
             while not self._closing:
                 try:
-                    self.awaiting_embedding = store.awaiting_embedding()
-                    if not store.embed_pending(EMBED_CHUNK):
-                        break
+                    self.awaiting_embedding = store.awaiting_embedding()  # what a stalled model leaves waiting
+                    done = store.embed_pending(EMBED_CHUNK)
+                    through, awaiting = store.embedded_through(), store.awaiting_embedding()
                 except Exception as error:  # noqa: BLE001 - the entries are stored; their texts wait for the next pass
-                    failed = True
-                    self.embedding_errors += 1
+                    with self._embedded:
+                        self.embedding_errors += 1
+                        self._embedded.notify_all()
                     self.last_error = f"embedding new texts failed: {error}"
                     log.error("memory: %s; they stay searchable by time, camera and place, and are embedded "
                               "with the next texts", self.last_error)
                     break
-            if not failed and not self._closing:
-                self.awaiting_embedding = 0
-            with self._embedded:
-                self._passes_finished += 1
-                self._embedded.notify_all()
+                with self._embedded:
+                    self._embedded_through, self.awaiting_embedding = through, awaiting
+                    self._embedded.notify_all()
+                if not done:
+                    break
+
+    def _newest_text(self, store: MemoryStore) -> int:
+        try:
+            return store.newest_text_id()
+        except Exception:  # noqa: BLE001 - a flush then waits for nothing more than the commit
+            return 0
 
     def _retain(self, store: MemoryStore) -> None:
         try:
@@ -178,5 +192,9 @@ class MemoryWriter:
 
 
 class _Marker:
-    def __init__(self, done: threading.Event):
-        self.done = done
+    """A flush's place in the queue: set when everything before it is committed."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.ok = True  # False: the store never opened, nothing was committed
+        self.newest_text = 0  # the newest text id when it was reached; its embedding is what a flush waits for

@@ -240,7 +240,7 @@ class Scheduler:
         self._thread: Optional[threading.Thread] = None
         self.busy_since: Optional[float] = None
         self.last_error: Optional[str] = None
-        self._idle = threading.Event()  # set after each window, for wait_idle
+        self._idle = threading.Event()  # set after each piece of work, for wait_idle
         self.worker_restarts = 0
         self.publish_errors = 0
 
@@ -353,15 +353,23 @@ class Scheduler:
                 if self._questions:
                     self._answer(*self._questions.popleft())
                     continue
-                work = self._next_window()
-                if work is None and self._idle_jobs:
-                    self._run_idle_job(*self._idle_jobs.popleft())
-                    continue
-                if work is None:
-                    self._wake.wait(0.1)
-                    self._wake.clear()
-                    continue
-                self._describe(*work)
+                # Busy from before taking work until its results are handed on (a described window
+                # may queue a summary), so wait_idle never sees empty queues and an idle worker while
+                # something is in hand.
+                self.busy_since = time.monotonic()
+                try:
+                    work = self._next_window()
+                    if work is not None:
+                        self._describe(*work)
+                        continue
+                    if self._idle_jobs:
+                        self._run_idle_job(*self._idle_jobs.popleft())
+                        continue
+                finally:
+                    self.busy_since = None
+                    self._idle.set()
+                self._wake.wait(0.1)
+                self._wake.clear()
         except BaseException as error:  # noqa: BLE001 - recorded, and the node restarts the worker
             self.last_error = f"inference worker died: {type(error).__name__}: {error}"
             log.exception("the inference worker died")
@@ -387,7 +395,6 @@ class Scheduler:
     def _describe(self, stream: CameraStream, item) -> None:
         window, ready_at, generation = item
         self._prepare(stream, generation)
-        self.busy_since = time.monotonic()
         try:
             if self.node_config.inference_delay_s:
                 time.sleep(self.node_config.inference_delay_s)
@@ -399,9 +406,6 @@ class Scheduler:
             log.exception("window %.1f-%.1f s of %s failed; restarting its stream", window.start_s,
                           window.end_s, stream.name)
             return
-        finally:
-            self.busy_since = None
-            self._idle.set()
         latency = time.monotonic() - ready_at
         stream.stats.processed_windows += 1
         stream.stats.latencies.append(latency)
@@ -427,12 +431,8 @@ class Scheduler:
     def _run_idle_job(self, job: Callable[[], object], future) -> None:
         if not future.set_running_or_notify_cancel():
             return
-        self.busy_since = time.monotonic()
         try:
             future.set_result(job())
         except Exception as error:  # a failed summary must not stop the worker
             log.exception("a background job (summary) failed")
             future.set_exception(error)
-        finally:
-            self.busy_since = None
-            self._idle.set()
