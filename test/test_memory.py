@@ -513,3 +513,25 @@ def wait_until(condition, timeout=120.0):
             return False
         time.sleep(0.01)
     return True
+
+
+def test_a_locked_store_keeps_the_entries_until_it_is_released(tmp_path):
+    path = tmp_path / "memory.sqlite"
+    MemoryStore(path, MemoryConfig(), Hashed()).close()  # the node's store, from an earlier run
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock (an open sqlite3 shell)
+    writer = MemoryWriter(lambda: MemoryStore(path, MemoryConfig(), Hashed()))
+    try:
+        for k in range(3):
+            assert writer.offer(Entry("/cam", DAY0 + k, DAY0 + k + 1, f"tote {k} on the rack", False))
+        assert wait_until(lambda: writer.errors >= 1)  # one try ran into the lock (the busy timeout)
+        assert "is locked by another connection" in writer.last_error and writer.written == 0
+        holder.execute("ROLLBACK")
+        assert writer.flush(timeout=120)
+        assert writer.written == 3 and writer.last_error is None and writer.dropped == 0
+    finally:
+        holder.close()
+        writer.close()
+    store = MemoryStore(path, MemoryConfig(), Hashed())
+    assert store.count() == 3 and store.recall("tote 2 rack", limit=1)[0].text == "tote 2 on the rack"
+    store.close()

@@ -4,6 +4,8 @@ restarts, and a broken store that must not stop the descriptions.
 Sensor time is the synthetic bags' day (START_NS); everything waits on events or counts.
 """
 
+import sqlite3
+
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
 from nav_msgs.msg import Odometry
@@ -195,20 +197,46 @@ def test_a_corrupt_memory_file_is_an_error_and_descriptions_keep_flowing(harness
     wait_for(lambda: len(h.descriptions) >= 2)
     response = recall(h, query="cart")
     assert not response.success and str(path) in response.message and "move it aside" in response.message
-
-    def memory_status():
-        for array in list(h.diagnostics):
-            for status in array.status:
-                if status.name.endswith(": memory"):
-                    return status
-        return None
-
-    wait_for(lambda: memory_status() is not None)
-    status = memory_status()
+    wait_for(lambda: memory_status(h) is not None)
+    status = memory_status(h)
     assert status.level == DiagnosticStatus.ERROR
     assert str(path) in status.message
     ask = h.call(Ask, "/svlm/ask", Ask.Request(question="what happened an hour ago?"), timeout=300)
     assert ask.success and "memory is unavailable" in ask.message
+
+
+def memory_status(h):
+    """The newest memory status in the node's /diagnostics, or None before the first."""
+    for array in reversed(list(h.diagnostics)):
+        for status in array.status:
+            if status.name.endswith(": memory"):
+                return status
+    return None
+
+
+def test_a_locked_memory_file_is_reported_and_its_entries_are_written_once_released(harness, tmp_path):
+    path = tmp_path / "memory.sqlite"
+    MemoryStore(path, MemoryConfig(), Embedder()).close()  # the store of an earlier run, summaries and all
+    SummaryStore(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        h = harness(**memory(tmp_path), max_queued_windows=8)
+        h.start()
+        h.stream(RAW, T0, 2.2)
+        stats = settled(h, RAW, 22)
+        wait_for(lambda: len(h.descriptions) >= 2)  # descriptions flow while the store is locked
+        wait_for(lambda: (s := memory_status(h)) is not None and s.level == DiagnosticStatus.ERROR
+                 and "is locked by another connection" in s.message, timeout=120)
+        assert str(path) in memory_status(h).message
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    flushed(h)
+    assert h.node.memory.writer.written == stats.processed_windows and h.node.memory.writer.dropped == 0
+    response = recall(h, since=stamp(T0), until=stamp(T0 + 10), limit=50)
+    assert response.success and response.entries
+    wait_for(lambda: memory_status(h).level == DiagnosticStatus.OK, timeout=120)
 
 
 class StandInTfBuffer:

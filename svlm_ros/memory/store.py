@@ -81,6 +81,14 @@ class MemoryError(RuntimeError):
     """The store cannot be used (corrupt, locked, not writable), with what to do."""
 
 
+class StoreLocked(MemoryError):
+    """Another connection held the file's write lock past the busy timeout; trying again may work."""
+
+
+def _is_locked(error: sqlite3.DatabaseError) -> bool:
+    return isinstance(error, sqlite3.OperationalError) and ("locked" in str(error) or "busy" in str(error))
+
+
 @dataclass
 class Pose:
     x: float
@@ -428,6 +436,10 @@ class MemoryStore:
             except BaseException as error:
                 self.db.rollback()
                 self._last.clear()  # it may name rows that were rolled back
+                if isinstance(error, sqlite3.DatabaseError) and _is_locked(error):
+                    raise StoreLocked(f"memory store {self.path} is locked by another connection ({error}); the "
+                                      "entries wait and are written once it lets go (stop the other writer, or "
+                                      "give it its own file)") from error
                 if isinstance(error, sqlite3.DatabaseError):
                     raise MemoryError(f"memory store {self.path}: write failed ({error})") from error
                 raise

@@ -20,11 +20,12 @@ import threading
 import time
 from typing import Callable, List, Optional
 
-from .store import Entry, MemoryError, MemoryStore
+from .store import Entry, MemoryError, MemoryStore, StoreLocked
 
 log = logging.getLogger(__name__)
 # Texts per embedding call: small, so a recall query sharing the embedding model waits little.
 EMBED_CHUNK = 16
+LOCKED_TRIES = 60  # tries of a batch while another connection holds the write lock (5 s each)
 
 
 class MemoryWriter:
@@ -123,15 +124,7 @@ class MemoryWriter:
                     except queue.Empty:
                         break
                 if pending:
-                    try:
-                        store.add(pending, embed=False)
-                        self._texts_added.set()
-                        self.written += len(pending)
-                        self._newest_end = max(self._newest_end, max(entry.end for entry in pending))
-                    except MemoryError as error:
-                        self.errors += 1
-                        self.last_error = str(error)
-                        log.error("%s; %d entries lost", error, len(pending))
+                    self._commit(store, pending)
                 if self._newest_end and (last_retention is None or
                                          time.monotonic() - last_retention >= self._retention_every_s):
                     self._retain(store)
@@ -151,6 +144,33 @@ class MemoryWriter:
             self._embed_thread.join(30)  # an embedding pass in flight finishes; what is left waits for the next run
             self._store = None
             store.close()
+
+    def _commit(self, store: MemoryStore, entries: List[Entry]) -> None:
+        # A lock held by another process (a replay into the same file, an open sqlite3 shell) is
+        # waited out, each try costing the store's busy timeout; meanwhile new offers fill the queue
+        # and, once it is full, are dropped and counted, so the node never waits.
+        for attempt in range(LOCKED_TRIES):
+            try:
+                store.add(entries, embed=False)
+            except StoreLocked as error:
+                self.errors += 1
+                self.last_error = str(error)
+                if attempt == 0:
+                    log.warning("%s", error)
+                continue
+            except MemoryError as error:
+                self.errors += 1
+                self.last_error = str(error)
+                log.error("%s; %d entries lost", error, len(entries))
+                return
+            self._texts_added.set()
+            self.written += len(entries)
+            self._newest_end = max(self._newest_end, max(entry.end for entry in entries))
+            if attempt:
+                self.last_error = None
+                log.info("memory store writable again: %d waiting entries written", len(entries))
+            return
+        log.error("%s; still locked after %d tries: %d entries lost", self.last_error, LOCKED_TRIES, len(entries))
 
     def _embed(self) -> None:
         store = self._store
