@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -17,6 +16,8 @@ from svlm_ros.memory import store as store_module
 from svlm_ros.memory.store import Embedder, Entry, MemoryError, MemoryStore, Pose
 from svlm_ros.memory.summaries import SummaryStore
 from svlm_ros.memory.writer import MemoryWriter
+
+from test_node import wait_for
 
 DAY0 = 1_763_683_200.0  # 2025-11-21 00:00 UTC
 SCENES = ["A forklift carries a pallet to the loading bay.", "A person in a yellow vest walks past the shelves.",
@@ -409,7 +410,7 @@ def test_a_stalled_embedding_model_delays_search_by_words_never_the_entries(tmp_
     try:
         for k in range(40):  # five times the queue, each offer waiting for the one before to commit
             assert writer.offer(Entry("/cam", DAY0 + k, DAY0 + k + 1, f"crate number {k} on the belt", False))
-            assert wait_until(lambda: writer.written == k + 1), f"entry {k} was not committed"
+            assert writer.flush(timeout=120, embedded=False) and writer.written == k + 1
         assert writer.dropped == 0 and not embedder.open.is_set()  # the model is still stalled on its first texts
         by_time = reader.recall(since=DAY0, until=DAY0 + 100, limit=100)
         assert len(by_time) == 40
@@ -466,9 +467,8 @@ class KeepsTalking(Hashed):
         if self.writer is not None and self.offered < self.extra:
             self.offered += 1
             k = 100 + self.offered
-            written = self.writer.written
             self.writer.offer(Entry("/cam", DAY0 + k, DAY0 + k + 1, f"late box {k}", False))
-            assert wait_until(lambda: self.writer.written > written)
+            assert self.writer.flush(timeout=120, embedded=False)  # committed, by the writer's event
         return super().__call__(texts)
 
 
@@ -505,16 +505,6 @@ def test_a_text_id_freed_by_retention_is_never_given_again(tmp_path):
     store.close()
 
 
-def wait_until(condition, timeout=120.0):
-    """Polls a condition the writer thread makes true (committed counts), up to a generous bound."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def test_a_locked_store_keeps_the_entries_until_it_is_released(tmp_path):
     path = tmp_path / "memory.sqlite"
     MemoryStore(path, MemoryConfig(), Hashed()).close()  # the node's store, from an earlier run
@@ -524,7 +514,7 @@ def test_a_locked_store_keeps_the_entries_until_it_is_released(tmp_path):
     try:
         for k in range(3):
             assert writer.offer(Entry("/cam", DAY0 + k, DAY0 + k + 1, f"tote {k} on the rack", False))
-        assert wait_until(lambda: writer.errors >= 1)  # one try ran into the lock (the busy timeout)
+        wait_for(lambda: writer.errors >= 1, timeout=120)  # one try ran into the lock (the busy timeout)
         assert "is locked by another connection" in writer.last_error and writer.written == 0
         holder.execute("ROLLBACK")
         assert writer.flush(timeout=120)

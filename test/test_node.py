@@ -133,6 +133,7 @@ class Harness:
         self.closed = True
         self.node.release()
         self.executor.shutdown()
+        self.thread.join(30)  # spin() returns once shut down; destroying the nodes under it raced it
         self.node.destroy_node()
         self.peer.destroy_node()
         rclpy.shutdown(context=self.context)

@@ -58,7 +58,6 @@ class NodeMemory:
         self.config = config
         self.path = Path(config.path) if config.path else default_path()
         self.scheduler = scheduler
-        self.loaded = loaded
         self.summary_model = SummaryModel(loaded, engine_config)
         self.error: Optional[str] = None
         self.store: Optional[MemoryStore] = None
