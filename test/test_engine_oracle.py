@@ -93,7 +93,7 @@ class Oracle:
             embeds[is_pad] = video_features
         self.recording = True
         output = self.text(inputs_embeds=embeds[None], position_ids=positions[:, None, new_from:],
-                           past_key_values=cache, use_cache=True)
+                           cache=cache, use_cache=True)
         self.recording = False
         layers = len(self.text.layers)
         for offset, uid in enumerate(uids[new_from:]):

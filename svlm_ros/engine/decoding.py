@@ -137,7 +137,7 @@ class StaticDecoder(_Decoder):
         with self._cache.static_writes(self._slot):
             output = self._language_model(
                 inputs_embeds=self._embed(self._token)[None], position_ids=self._position,
-                attention_mask=live, past_key_values=self._cache, use_cache=True,
+                attention_mask=live, cache=self._cache, use_cache=True,
             )
         logits = self._lm_head(output.last_hidden_state[0, -1])
         self._slot.add_(1)

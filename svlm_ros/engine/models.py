@@ -7,6 +7,7 @@ interleaved mRoPE per frame) do not fit this engine's one-block-per-window layou
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+import transformers
 from transformers import (
     AutoTokenizer,
     Qwen2_5_VLConfig,
@@ -162,6 +164,15 @@ def check_model_type(model_type) -> None:
             "(StreamingVLM checkpoints are qwen2_5_vl). Qwen3-VL places video by timestamps in text and "
             "interleaved mRoPE, which this engine's contiguous streaming layout does not implement."
         )
+
+
+def check_cache_argument(text_model: torch.nn.Module) -> None:
+    """The engine hands its KV cache to the text model as `cache=`: transformers older than 5.24
+    would take it into **kwargs and silently run without it."""
+    if "cache" not in inspect.signature(text_model.forward).parameters:
+        raise RuntimeError(
+            f"transformers {transformers.__version__} is too old: {type(text_model).__name__}.forward takes no "
+            "`cache` argument (transformers >= 5.24 does); pip install 'transformers>=5.24,<6'")
 
 
 def check_supported(config) -> None:

@@ -2,7 +2,7 @@
 
 Each step evicts by age (segments.py), closes position gaps in the KV cache (kv_cache.py), runs
 the vision tower on the new window only, prefills the new user turn and decodes the answer, all
-through the model's public forward with explicit 3-D position_ids and past_key_values.
+through the model's public forward with explicit 3-D position_ids and our Cache passed as `cache`.
 
 Callers pass windows in their own clock (sensor stamps, seconds of a file); the prompt's time text
 counts seconds since the stream's first window, as StreamingVLM was trained, and every result
@@ -23,7 +23,7 @@ from ..config import EngineConfig
 from .decoding import DynamicDecoder, StaticDecoder, resolve_decode_mode
 from .frames import GRID_UNIT, MERGE_SIZE, VisionInput, preprocess_frames
 from .kv_cache import StreamingKVCache
-from .models import LoadedModel
+from .models import LoadedModel, check_cache_argument
 from . import sequence
 from .prompt import PromptBuilder
 from .sampling import Sampler
@@ -89,6 +89,7 @@ class StreamSession:
         self.device = loaded.device
         text_config = loaded.text_config
         self._decoder_model = self.model.get_decoder()  # the text model, through the public accessor
+        check_cache_argument(self._decoder_model)
         self._lm_head = self.model.get_output_embeddings()
         rotary = self._decoder_model.rotary_emb
         if getattr(rotary, "attention_scaling", 1.0) != 1.0:
@@ -286,7 +287,7 @@ class StreamSession:
     def _forward(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         output = self._decoder_model(
             inputs_embeds=embeds[None], position_ids=positions[:, None, :],
-            past_key_values=self.cache, use_cache=True,
+            cache=self.cache, use_cache=True,
         )
         logits = self._lm_head(output.last_hidden_state[0, -1])
         self.last_logits = logits

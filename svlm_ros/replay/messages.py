@@ -17,23 +17,30 @@ DESCRIPTION = "svlm_ros/msg/Description"
 IMAGE_ANNOTATIONS = "foxglove_msgs/msg/ImageAnnotations"
 TEXT_ANNOTATION = "foxglove_msgs/msg/TextAnnotation"
 
+# foxglove_msgs 3.4.3 (foxglove-sdk ros/src/foxglove_msgs/ros2/; unchanged since 3.2.5, which
+# added the timestamp and metadata fields), fields only. Foxglove decodes by the embedded text.
 FOXGLOVE_MSGS = {
     "foxglove_msgs/msg/Color": "float64 r\nfloat64 g\nfloat64 b\nfloat64 a\n",
     "foxglove_msgs/msg/Point2": "float64 x\nfloat64 y\n",
+    "foxglove_msgs/msg/KeyValuePair": "string key\nstring value\n",
     "foxglove_msgs/msg/CircleAnnotation": (
         "builtin_interfaces/Time timestamp\nfoxglove_msgs/Point2 position\nfloat64 diameter\n"
-        "float64 thickness\nfoxglove_msgs/Color fill_color\nfoxglove_msgs/Color outline_color\n"),
+        "float64 thickness\nfoxglove_msgs/Color fill_color\nfoxglove_msgs/Color outline_color\n"
+        "foxglove_msgs/KeyValuePair[] metadata\n"),
     "foxglove_msgs/msg/PointsAnnotation": (
+        "builtin_interfaces/Time timestamp\n"
         "uint8 UNKNOWN=0\nuint8 POINTS=1\nuint8 LINE_LOOP=2\nuint8 LINE_STRIP=3\nuint8 LINE_LIST=4\n"
-        "builtin_interfaces/Time timestamp\nuint8 type\nfoxglove_msgs/Point2[] points\n"
+        "uint8 type\nfoxglove_msgs/Point2[] points\n"
         "foxglove_msgs/Color outline_color\nfoxglove_msgs/Color[] outline_colors\n"
-        "foxglove_msgs/Color fill_color\nfloat64 thickness\n"),
+        "foxglove_msgs/Color fill_color\nfloat64 thickness\nfoxglove_msgs/KeyValuePair[] metadata\n"),
     TEXT_ANNOTATION: (
         "builtin_interfaces/Time timestamp\nfoxglove_msgs/Point2 position\nstring text\nfloat64 font_size\n"
-        "foxglove_msgs/Color text_color\nfoxglove_msgs/Color background_color\n"),
+        "foxglove_msgs/Color text_color\nfoxglove_msgs/Color background_color\n"
+        "foxglove_msgs/KeyValuePair[] metadata\n"),
     IMAGE_ANNOTATIONS: (
+        "builtin_interfaces/Time timestamp\n"
         "foxglove_msgs/CircleAnnotation[] circles\nfoxglove_msgs/PointsAnnotation[] points\n"
-        "foxglove_msgs/TextAnnotation[] texts\n"),
+        "foxglove_msgs/TextAnnotation[] texts\nfoxglove_msgs/KeyValuePair[] metadata\n"),
 }
 
 

@@ -156,11 +156,16 @@ class OutputBag:
             self._annotations[record.camera] = connection
         white, shade = types["foxglove_msgs/msg/Color"](r=1.0, g=1.0, b=1.0, a=1.0), \
             types["foxglove_msgs/msg/Color"](r=0.0, g=0.0, b=0.0, a=0.6)
+        start = _stamp(store, record.start)
         text = types["foxglove_msgs/msg/TextAnnotation"](
-            timestamp=_stamp(store, record.start), position=types["foxglove_msgs/msg/Point2"](x=8.0, y=24.0),
+            timestamp=start, position=types["foxglove_msgs/msg/Point2"](x=8.0, y=24.0),
             text=("(silent)" if record.silent else record.text), font_size=18.0, text_color=white,
-            background_color=shade)
-        annotations = types[IMAGE_ANNOTATIONS](circles=[], points=[], texts=[text])
+            background_color=shade, metadata=[])
+        pair = types["foxglove_msgs/msg/KeyValuePair"]
+        metadata = [pair(key="window", value=str(record.index)),
+                    pair(key="silent", value="true" if record.silent else "false")]
+        annotations = types[IMAGE_ANNOTATIONS](timestamp=start, circles=[], points=[], texts=[text],
+                                               metadata=metadata)
         self.writer.write(connection, log_time, store.serialize_cdr(annotations, IMAGE_ANNOTATIONS))
 
     def close(self) -> None:
