@@ -29,10 +29,14 @@ def load_tokenizer(model: str):
     if model in RANDOM_MODELS or model.endswith(".json"):
         return AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
     path = Path(model).expanduser()
+    if not path.exists():
+        # Found (a hub id in the local cache) or refused as `svlm train` finds and refuses models.
+        from svlm_ros.engine.models import resolve_checkpoint
+
+        path = resolve_checkpoint(model)
     if not (path / "tokenizer_config.json").exists() and not (path / "tokenizer.json").exists():
-        if path.exists():
-            raise FileNotFoundError(f"{path} has no tokenizer files; pass --model the checkpoint you will train")
-    return AutoTokenizer.from_pretrained(str(path) if path.exists() else model, trust_remote_code=False)
+        raise FileNotFoundError(f"{path} has no tokenizer files; pass --model the checkpoint you will train")
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
 
 
 def dataset_config(config_path, args) -> DatasetConfig:
@@ -48,7 +52,7 @@ def dataset_config(config_path, args) -> DatasetConfig:
             values[key] = getattr(args, flag)
     if getattr(args, "keep_silent", False):
         values["keep_silent_windows"] = True
-    return from_dict(DatasetConfig, values, "dataset.").validate()
+    return from_dict(DatasetConfig, values, f"{config_path}: dataset." if config_path else "dataset.").validate()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,8 @@ a dataset is cut exactly as the robot will see its video.
 from __future__ import annotations
 
 import dataclasses
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -91,7 +93,7 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto (bf16 on CUDA, none on CPU), bf16, fp16, no
     # Held-out data: whole sources (bags) go to eval, so overlapping windows never leak across.
     eval_fraction: float = 0.1
-    eval_sources: List[str] = field(default_factory=list)  # or name them (substrings of the source)
+    eval_sources: List[str] = field(default_factory=list)  # or name them (bag names, or globs of them)
     eval_every: int = 50  # optimizer steps; 0: only at the end
     max_eval_samples: int = 200
     save_every: int = 20  # optimizer steps (the reference saves every 20)
@@ -115,6 +117,8 @@ class TrainConfig:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.max_steps is None and self.epochs <= 0:
             raise ValueError("set epochs > 0 or max_steps")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 (or null: epochs decide), got {self.max_steps}")
         return self
 
 
@@ -162,24 +166,78 @@ class LabelConfig:
 
 
 def from_dict(cls, values: Dict[str, Any], where: str = ""):
-    """A dataclass from nested dicts; an unknown key is refused with the known ones."""
+    """A dataclass from nested dicts, every value checked against its field's type; an unknown key
+    is refused with the known ones. Unset fields keep the defaults of `cls()`, nested ones too
+    (TrainConfig's fp32 `model.dtype` survives a `model:` section that names only the model)."""
+    return _from_dict(cls(), values, where)
+
+
+def _from_dict(defaults, values: Dict[str, Any], where: str):
+    cls = type(defaults)
     if values is None:
-        return cls()
+        return defaults
     if not isinstance(values, dict):
         raise ValueError(f"{where or cls.__name__}: expected a mapping, got {type(values).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"{where or cls.__name__}: unknown key(s) {unknown}; known: {sorted(known)}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
-    defaults = cls()
     for name, value in values.items():
         current = getattr(defaults, name)
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            kwargs[name] = from_dict(type(current), value, f"{where}{name}.")
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                fields = [f.name for f in dataclasses.fields(current)]
+                raise ValueError(f"{where}{name}: expected a mapping with keys {fields}, got {_show(value)}; "
+                                 f"set one field as {name}.{fields[0]}=VALUE")
+            kwargs[name] = _from_dict(current, value, f"{where}{name}.")
         else:
-            kwargs[name] = value
-    return cls(**kwargs)
+            kwargs[name] = checked(value, hints[name], f"{where}{name}")
+    return dataclasses.replace(defaults, **kwargs)
+
+
+# YAML 1.1 (PyYAML) reads 1e-5 as a string: it needs a dot (1.0e-5) to be a float.
+_DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _show(value) -> str:
+    if isinstance(value, str):
+        return f"{value!r} (a string)"
+    return f"{yaml.safe_dump(value, default_flow_style=True).splitlines()[0]} ({type(value).__name__})"
+
+
+def checked(value, hint, key: str):
+    """`value` as the type `hint` declares (int -> float, "1e-5" -> 1e-05), or a ValueError naming
+    the key, the value and the type expected."""
+    if typing.get_origin(hint) is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+        optional = " or null"
+    else:
+        optional = ""
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, list):
+            return [checked(v, item, f"{key}[{k}]") for k, v in enumerate(value)]
+        raise ValueError(f"{key}: expected a list of {_EXPECTED[item].removeprefix('a ')}s, got {_show(value)}")
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is float and not isinstance(value, bool):
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+            return float(value)
+    if hint is str and isinstance(value, str):
+        return value
+    note = ""
+    if hint is str and isinstance(value, bool):
+        note = '; YAML reads an unquoted yes/no/on/off as true/false: quote it ("no")'
+    raise ValueError(f"{key}: expected {_EXPECTED[hint]}{optional}, got {_show(value)}{note}")
 
 
 def load_train_config(path: str, overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
@@ -198,7 +256,7 @@ def load_train_config(path: str, overrides: Optional[Dict[str, Any]] = None) -> 
         for parent in parents:
             target = target.setdefault(parent, {})
         target[leaf] = value
-    return from_dict(TrainConfig, values, "").validate()
+    return from_dict(TrainConfig, values, f"training config {path}: ").validate()
 
 
 def as_dict(config) -> Dict[str, Any]:

@@ -19,6 +19,7 @@ Layout of a dataset directory (training/README.md explains why):
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import logging
@@ -44,6 +45,7 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm")
 BAG_SUFFIXES = (".mcap", ".db3", ".bag")
 # Sidecar names looked for beside a bag or video, first match wins (labels: `svlm label` output).
 SIDECARS = (".reference.jsonl", ".labels.jsonl", ".jsonl", ".reference.vtt", ".vtt", ".srt")
+TEXT_SUFFIXES = (".jsonl", ".json", ".vtt", ".srt")  # the formats of replay.reference.load_reference
 EPS = 1e-6
 EXAMPLES_PER_REASON = 20
 
@@ -107,7 +109,13 @@ def parse_sources(specs: Sequence[str], text_topic: Optional[str] = None) -> Lis
 
 def _source(video: Path, text: Optional[str], text_topic: Optional[str]) -> Source:
     if text:
-        return Source(video, f"{video}:{text}" if text.startswith("/") else text)
+        if Path(text).suffix.lower() in TEXT_SUFFIXES or Path(text).is_file():
+            if not Path(text).is_file():
+                raise FileNotFoundError(f"source {video}={text}: the text file {text} does not exist")
+            return Source(video, text)  # an absolute path starts with "/" as a topic does
+        if not text.startswith("/"):
+            raise ValueError(f"source {video}={text}: TEXT is a .jsonl/.vtt/.srt file or a /topic in the bag")
+        return Source(video, f"{video}:{text}")
     sidecar = find_sidecar(video)
     if sidecar is not None:
         return Source(video, str(sidecar))
@@ -165,6 +173,9 @@ WINDOW_SILENT = "windows without any text"
 WINDOW_GAPS = "windows missing too many seconds"
 WINDOW_RESOLUTION = "windows with a resolution change"
 TIME_BACK = "seconds after a jump back in time"
+BAG_DAMAGED = "bags damaged on disk (read up to the damage)"
+MESSAGES_LOST = "camera messages the bag's index lists but its chunks no longer hold"
+MCAP_MAGIC = b"\x89MCAP0\r\n"
 
 
 # ----- cutting one camera's stream into samples --------------------------------------------------
@@ -355,12 +366,34 @@ def _bag_messages(path: Path) -> Tuple[Dict[str, str], Iterator]:
 
     def iterate():
         try:
-            for connection, _, rawdata in bags.messages(reader, topics, reader.start_time, reader.end_time):
-                yield connection, rawdata, reader
+            for connection, log_ns, rawdata in bags.messages(reader, topics, reader.start_time, reader.end_time):
+                yield connection, log_ns, rawdata, reader
         finally:
             reader.close()
 
     return topics, iterate()
+
+
+def truncated_mcaps(path: Path) -> List[Path]:
+    """The MCAP files of a bag that were cut short (no closing magic): a recording that never
+    closed its file, a copy that did not finish."""
+    files = sorted(path.glob("*.mcap")) if path.is_dir() else [path] if path.suffix == ".mcap" else []
+    cut = []
+    for file in files:
+        with file.open("rb") as handle:
+            head = handle.read(8)
+            handle.seek(max(0, file.stat().st_size - 8))
+            if head == MCAP_MAGIC and handle.read(8) != MCAP_MAGIC:
+                cut.append(file)
+    return cut
+
+
+def mcap_repair_hint(files: Sequence[Path]) -> str:
+    names = ", ".join(str(f) for f in files)
+    return (f"{names} is cut short (no MCAP footer: the recording or copy stopped before the file was closed), and "
+            "rosbags reads only complete files. `mcap recover FILE -o FIXED.mcap` (the mcap command-line tool, "
+            "github.com/foxglove/mcap) keeps every complete chunk; put FIXED.mcap in its place (same name) and "
+            "build again")
 
 
 class DatasetBuilder:
@@ -403,8 +436,10 @@ class DatasetBuilder:
             else:
                 self._add_video(source, segments)
         except (OSError, ValueError) as error:
-            self.report.skip(SOURCE_UNREADABLE, f"{source.name}: {error}")
-            info["error"] = str(error)
+            cut = truncated_mcaps(source.video) if source.is_bag else []
+            detail = f"{str(error).rstrip('.')}. {mcap_repair_hint(cut)}" if cut else str(error)
+            self.report.skip(SOURCE_UNREADABLE, f"{source.name}: {detail}")
+            info["error"] = detail
         info["samples"] = self.writer.total - before
         return info["samples"]
 
@@ -421,7 +456,28 @@ class DatasetBuilder:
         words = words_with_end_times(segments)
         absolute = is_absolute(list(segments))
         cameras: Dict[str, _Camera] = {}
-        for connection, rawdata, reader in messages:
+        read: Dict[str, int] = {}
+        expected: Dict[str, int] = {}
+        first_ns = last_ns = None
+        while True:
+            try:
+                connection, log_ns, rawdata, reader = next(messages)
+            except StopIteration:
+                break
+            except Exception as error:  # rosbags: ReaderError (chunk checksum), struct.error, ... on damage
+                reached = 0.0 if first_ns is None else (last_ns - first_ns) / 1e9
+                reason = f"{type(error).__name__}: {str(error).rstrip('.')}"
+                self.report.skip(BAG_DAMAGED, f"{source.name}: reading stopped {reached:.1f} s into the cameras' "
+                                              f"messages: {reason}; the windows before it are kept. `mcap recover "
+                                              "FILE -o FIXED.mcap` (github.com/foxglove/mcap) copies the readable "
+                                              "chunks of an MCAP file")
+                messages.close()
+                expected = {}  # the messages past the damage are reported just above, not again
+                break
+            first_ns = log_ns if first_ns is None else first_ns
+            last_ns = log_ns
+            read[connection.topic] = read.get(connection.topic, 0) + 1
+            expected.setdefault(connection.topic, connection.msgcount)
             msg = reader.deserialize(rawdata, connection.msgtype)
             stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
             camera = cameras.get(connection.topic)
@@ -432,6 +488,13 @@ class DatasetBuilder:
             camera.feed(stamp, lambda msg=msg: to_rgb(msg))
         for camera in cameras.values():
             camera.finish()
+        # A bag without chunk checksums (rosbags writes none) damaged inside a chunk: the reader
+        # skips the rest of that chunk without a word, so only the index's counts tell.
+        for topic, count in expected.items():
+            if read[topic] < count:
+                self.report.skip(MESSAGES_LOST, f"{source.name} {topic}: {read[topic]} of the {count} messages the "
+                                                "bag lists could be read (the file is damaged inside a chunk)",
+                                 count - read[topic])
 
     def _add_video(self, source: Source, segments) -> None:
         from svlm_ros.describe import read_frames
@@ -596,10 +659,28 @@ class ShardedDataset:
         return Sample(meta, frames)
 
 
+def source_names(source: str) -> Tuple[str, str, str]:
+    """What an `eval_sources` entry may match: the whole path, the file or folder name, the name
+    without its bag or video suffix."""
+    name = Path(source).name
+    stem = Path(name).stem if name.endswith(BAG_SUFFIXES + VIDEO_SUFFIXES) else name
+    return source, name, stem
+
+
 def split_sources(sources: Sequence[str], eval_fraction: float, eval_sources: Sequence[str]) -> set:
-    """Held-out sources: those named, else a stable hash-chosen fraction (at least one when > 0)."""
+    """Held-out sources: those named (a source's name, or a glob of it, not any part of its path:
+    `ls` must not hold out every bag under /home/ls), else a stable hash-chosen fraction (at least
+    one when > 0)."""
     if eval_sources:
-        return {s for s in sources if any(name in s for name in eval_sources)}
+        held = set()
+        for pattern in eval_sources:
+            matched = {s for s in sources if any(fnmatch.fnmatchcase(n, pattern) for n in source_names(s))}
+            if not matched:
+                examples = ", ".join(source_names(s)[2] for s in list(sources)[:5])
+                raise ValueError(f"eval_sources: {pattern!r} names none of the dataset's {len(sources)} sources "
+                                 f"(a source's name or a glob of it, e.g. {examples})")
+            held |= matched
+        return held
     if eval_fraction <= 0 or len(sources) < 2:
         return set()
     ranked = sorted(sources, key=lambda s: hashlib.sha1(s.encode()).hexdigest())

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import logging
 import math
 import os
 import shutil
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -108,6 +111,30 @@ def _identity(item):
     return item
 
 
+def _end_with_trainer(trainer_pid: int, worker_id: int) -> None:
+    """A data-loader worker is killed when its trainer dies, kill -9 included. torch's own check
+    (the worker polls its parent) cannot help then: the worker's queue thread blocks writing a
+    sample into the pipe the dead trainer no longer reads, and the worker waits on it at exit."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != trainer_pid:  # the trainer died before prctl took effect
+        os._exit(1)
+
+
+def epoch_steps(epochs: float, samples: int, global_batch: int) -> int:
+    """Optimizer steps for `epochs` passes over `samples`, to the nearest whole step: a step's
+    global batch is fixed, so the last one is not cut short."""
+    wanted = epochs * samples
+    if wanted < global_batch:
+        raise ValueError(f"epochs {epochs:g} of {samples} training samples is {wanted:g} samples, less than one "
+                         f"optimizer step's global batch of {global_batch} (processes x per_device_batch_size x "
+                         "gradient_accumulation_steps): lower gradient_accumulation_steps, add data, or set "
+                         "max_steps to repeat samples on purpose")
+    return max(1, math.floor(wanted / global_batch + 0.5))
+
+
 def epoch_order(count: int, epoch: int, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(count)
 
@@ -152,7 +179,12 @@ class Trainer:
 
         self.config = config.validate()
         self.out = Path(config.output_dir)
-        cpu = config.model.device == "cpu" or not torch.cuda.is_available()
+        requested = config.model.device
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"model.device is {requested!r} but torch finds no CUDA device here (torch "
+                             f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); set model.device: "
+                             "cpu (or auto) to train on the CPU, or run on a machine with a GPU")
+        cpu = requested == "cpu" or not torch.cuda.is_available()
         self.micro_steps = config.per_device_batch_size * config.gradient_accumulation_steps
         self.accelerator = Accelerator(cpu=cpu, gradient_accumulation_steps=self.micro_steps,
                                        mixed_precision=_mixed_precision(config, "cpu" if cpu else "cuda"))
@@ -160,13 +192,15 @@ class Trainer:
         acc = self.accelerator
         self.world = acc.num_processes
         self.dataset = ShardedDataset(config.data)
-        self._load_model()
+        if not len(self.dataset):
+            raise ValueError(f"{config.data} has no samples; its report.json says what build-dataset skipped and why")
         self._split()
         self.global_batch = self.world * self.micro_steps
         if config.max_steps is not None:
             self.total_steps = config.max_steps
         else:
-            self.total_steps = max(1, math.ceil(config.epochs * len(self.train_indices) / self.global_batch))
+            self.total_steps = epoch_steps(config.epochs, len(self.train_indices), self.global_batch)
+        self._load_model()
         self.warmup_steps = int(round(config.warmup_ratio * self.total_steps))
         params = [p for p in self.module.parameters() if p.requires_grad]
         if not params:
@@ -287,7 +321,8 @@ class Trainer:
         workers = self.config.num_workers if len(indices) > 1 else 0
         return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                                            collate_fn=_identity, persistent_workers=False,
-                                           prefetch_factor=2 if workers else None)
+                                           prefetch_factor=2 if workers else None,
+                                           worker_init_fn=functools.partial(_end_with_trainer, os.getpid()))
 
     def _step_samples(self, step: int) -> List[int]:
         """Positions (into train_indices) of this process's samples of one optimizer step."""
@@ -312,6 +347,8 @@ class Trainer:
                                                          (step + 1) * self.global_batch, config.seed)))
         log_path = self.out / "log.csv"
         new_log = not log_path.exists() or self.step == 0
+        if not new_log and acc.is_main_process:
+            keep_log_upto(log_path, self.step)
         writer_file = open(log_path, "w" if new_log else "a", newline="") if acc.is_main_process else None
         writer = csv.writer(writer_file) if writer_file else None
         if writer and new_log:
@@ -328,6 +365,7 @@ class Trainer:
                 scale = self.world * self.micro_steps / count
                 loss_sum = torch.zeros((), device=acc.device)
                 grad_norm = None
+                lr = self.scheduler.get_last_lr()[0]  # this step's rate (the scheduler moves on below)
                 for _ in range(self.micro_steps):
                     built = next(loader)
                     with acc.accumulate(self.module):
@@ -343,7 +381,6 @@ class Trainer:
                             self.optimizer.zero_grad(set_to_none=True)
                 loss = acc.reduce(loss_sum, "sum").item() / count
                 self.step += 1
-                lr = self.scheduler.get_last_lr()[0]
                 eval_loss = None
                 if self.eval_indices and (self.step == self.total_steps or
                                           (config.eval_every and self.step % config.eval_every == 0)):
@@ -410,6 +447,20 @@ class Trainer:
             log.info("exported the fine-tuned model to %s", path)
         acc.wait_for_everyone()
         return path
+
+
+def keep_log_upto(path: Path, step: int) -> None:
+    """Drop the rows of steps after `step` (a killed run's, redone from its checkpoint) and a row
+    cut short by the kill, so log.csv and loss.png hold each step once."""
+    lines = path.read_text().splitlines(keepends=True)
+    header, rows = lines[:1], lines[1:]
+    columns = len(header[0].split(",")) if header else 0
+    kept = [row for row in rows if row.endswith("\n") and len(row.split(",")) == columns
+            and row.split(",")[0].isdigit() and int(row.split(",")[0]) <= step]
+    if len(kept) != len(rows):
+        log.info("%s: dropped %d rows after step %d, the checkpoint this run resumes from", path,
+                 len(rows) - len(kept), step)
+        path.write_text("".join(header + kept))
 
 
 def write_processor_files(path: Path, loaded: LoadedModel) -> None:
@@ -489,7 +540,11 @@ def main(argv=None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run(args)
+    try:
+        return run(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"training.train: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -189,7 +189,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     attention = resolve_attention(cfg.attn_implementation, device)
     if cfg.model in RANDOM_MODELS or cfg.random_config:
         return _load_random(cfg, device, dtype, attention)
-    path = _resolve_checkpoint(cfg.model)
+    path = resolve_checkpoint(cfg.model)
     config_json = json.loads((path / "config.json").read_text())
     model_type = config_json.get("model_type")
     check_model_type(model_type)
@@ -218,7 +218,7 @@ def _load_random(cfg: ModelConfig, device, dtype, attention) -> LoadedModel:
     return LoadedModel(model, tokenizer, cfg.random_config or cfg.model, Normalization())
 
 
-def _resolve_checkpoint(name: str) -> Path:
+def resolve_checkpoint(name: str) -> Path:
     path = Path(os.path.expanduser(name))
     if path.is_dir():
         if not (path / "config.json").exists():
