@@ -128,6 +128,18 @@ def test_bags_that_cannot_be_replayed_are_named(tmp_path, capsys):
     assert "no sensor_msgs/Image" in error and "/chatter (std_msgs/msg/String" in error
 
 
+def test_a_truncated_mcap_is_refused_with_how_to_repair_it(bags, tmp_path, capsys):
+    """A recording that never closed its file: rosbags cannot open it; the error says how to recover it."""
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (mcap,) = sorted(bags["mcap"].glob("*.mcap"))
+    data = mcap.read_bytes()
+    (cut / mcap.name).write_bytes(data[:len(data) // 2])
+    assert svlm(["replay", str(cut / mcap.name), "--out", str(tmp_path / "out"), *FAST]) == 2
+    error = capsys.readouterr().err
+    assert "cannot open" in error and "is cut short (no MCAP footer" in error and "mcap recover" in error
+
+
 def test_realtime_skips_windows_when_the_model_is_behind(bags, tmp_path, monkeypatch):
     """The worker is held on its first window until the whole bag has been read, so the outcome
     does not depend on the machine's speed: the queue keeps only the newest window, as the node's."""

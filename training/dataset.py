@@ -36,6 +36,7 @@ import numpy as np
 from svlm_ros.config import EngineConfig, NodeConfig
 from svlm_ros.engine.frames import TEMPORAL_PATCH, resize_frames, target_size
 from svlm_ros.engine.windows import Window, WindowAssembler
+from svlm_ros.replay.bags import mcap_repair_hint, truncated_mcaps
 from svlm_ros.replay.reference import word_end_times
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,6 @@ WINDOW_RESOLUTION = "windows with a resolution change"
 TIME_BACK = "seconds after a jump back in time"
 BAG_DAMAGED = "bags damaged on disk (read up to the damage)"
 MESSAGES_LOST = "camera messages the bag's index lists but its chunks no longer hold"
-MCAP_MAGIC = b"\x89MCAP0\r\n"
 
 
 # ----- cutting one camera's stream into samples --------------------------------------------------
@@ -372,28 +372,6 @@ def _bag_messages(path: Path) -> Tuple[Dict[str, str], Iterator]:
             reader.close()
 
     return topics, iterate()
-
-
-def truncated_mcaps(path: Path) -> List[Path]:
-    """The MCAP files of a bag that were cut short (no closing magic): a recording that never
-    closed its file, a copy that did not finish."""
-    files = sorted(path.glob("*.mcap")) if path.is_dir() else [path] if path.suffix == ".mcap" else []
-    cut = []
-    for file in files:
-        with file.open("rb") as handle:
-            head = handle.read(8)
-            handle.seek(max(0, file.stat().st_size - 8))
-            if head == MCAP_MAGIC and handle.read(8) != MCAP_MAGIC:
-                cut.append(file)
-    return cut
-
-
-def mcap_repair_hint(files: Sequence[Path]) -> str:
-    names = ", ".join(str(f) for f in files)
-    return (f"{names} is cut short (no MCAP footer: the recording or copy stopped before the file was closed), and "
-            "rosbags reads only complete files. `mcap recover FILE -o FIXED.mcap` (the mcap command-line tool, "
-            "github.com/foxglove/mcap) keeps every complete chunk; put FIXED.mcap in its place (same name) and "
-            "build again")
 
 
 class DatasetBuilder:

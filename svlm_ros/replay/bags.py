@@ -14,6 +14,7 @@ from .messages import typestore
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 BAG_SUFFIXES = (".mcap", ".db3", ".bag")
+MCAP_MAGIC = b"\x89MCAP0\r\n"  # at both ends of a complete MCAP file
 
 
 class BagError(ValueError):
@@ -48,8 +49,32 @@ def open_bag(path: Path) -> AnyReader:
     try:
         reader.open()
     except Exception as error:  # rosbags raises several types for unreadable bags
-        raise BagError(f"cannot open {path} as a rosbag2 (mcap, sqlite3) or ROS 1 bag: {error}") from error
+        cut = truncated_mcaps(path)
+        hint = f" {mcap_repair_hint(cut)}" if cut else ""
+        raise BagError(f"cannot open {path} as a rosbag2 (mcap, sqlite3) or ROS 1 bag: {str(error).rstrip('.')}.{hint}") from error
     return reader
+
+
+def truncated_mcaps(path: Path) -> List[Path]:
+    """The MCAP files of a bag that were cut short (no closing magic): a recording that never
+    closed its file, a copy that did not finish."""
+    files = sorted(path.glob("*.mcap")) if path.is_dir() else [path] if path.suffix == ".mcap" else []
+    cut = []
+    for file in files:
+        with file.open("rb") as handle:
+            head = handle.read(8)
+            handle.seek(max(0, file.stat().st_size - 8))
+            if head == MCAP_MAGIC and handle.read(8) != MCAP_MAGIC:
+                cut.append(file)
+    return cut
+
+
+def mcap_repair_hint(files: Sequence[Path]) -> str:
+    names = ", ".join(str(f) for f in files)
+    return (f"{names} is cut short (no MCAP footer: the recording or copy stopped before the file was closed), and "
+            "rosbags reads only complete files. `mcap recover FILE -o FIXED.mcap` (the mcap command-line tool, "
+            "github.com/foxglove/mcap) keeps every complete chunk; put FIXED.mcap in its place (same name) and "
+            "run the command again")
 
 
 def topic_list(reader: AnyReader) -> str:
