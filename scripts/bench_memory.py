@@ -7,7 +7,7 @@ for each kind of query and a retention pass that has to bring the store back wit
 The distinct texts are embedded once with the real MiniLM before the inserts (cached in --out,
 keyed by the texts), so the insert rate is the store's own; the embed time is reported apart.
 
-Usage: .venv/bin/python scripts/bench_memory.py [--quick] [--windows N] [--queries 200] [--out DIR]
+Usage: .venv/bin/python scripts/bench_memory.py [--quick] [--windows N] [--queries 200] [--torch-threads 1] [--out DIR]
 Results: docs/benchmarks.md ("Memory store at 2.4 million windows").
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from svlm_ros.config import MemoryConfig  # noqa: E402
+from svlm_ros.memory import ranking  # noqa: E402
 from svlm_ros.memory import store as store_module  # noqa: E402
 from svlm_ros.memory.store import Embedder, Entry, MemoryStore, Pose, quantize  # noqa: E402
 
@@ -371,6 +372,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-out-memory"), help="the store and the embedding cache")
     parser.add_argument("--scale-vectors", type=int, default=500_000,
                         help="also time the meaning scan over this many texts (real vectors, perturbed); 0: skip")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch threads for MiniLM (1: as the node's embedding process and `svlm recall`)")
     parser.add_argument("--ivf-min", type=int, default=MemoryStore.IVF_MIN,
                         help="texts before meaning search uses the inverted file (the store's default; --quick: 2000)")
     args = parser.parse_args()
@@ -378,11 +381,17 @@ def main() -> int:
         args.windows, args.queries, args.scale_vectors = 50_000, 100, min(args.scale_vectors, 100_000)
         args.ivf_min = min(args.ivf_min, 2000)
     MemoryStore.IVF_MIN = args.ivf_min
+    import torch
     from tqdm import tqdm
+
+    # torch's default (a thread per core) made text queries wait on its threads whenever anything
+    # else ran on the CPU (p95 478 ms with 2 threads against 17 ms with 1, same load).
+    torch.set_num_threads(args.torch_threads)
 
     logging.basicConfig(level=logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
     results: Dict[str, object] = {"windows": args.windows, "cameras": len(CAMERAS), "batch": args.batch,
+                                  "torch_threads": args.torch_threads,
                                   "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
                                              f"Python {platform.python_version()}"}
     rows: List[tuple] = []  # (what, figure, note)
@@ -487,7 +496,7 @@ def main() -> int:
         for q, _ in meaning[:100]:
             qv = quantize(real([q])[0]).astype(np.float32)
             t0 = time.perf_counter()
-            exact = store_module.top(index.similarity(qv), 10)
+            exact = ranking.top(index.similarity(qv), 10)
             exact_s.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             found = index.search(qv, 10, store.NPROBE)
@@ -542,7 +551,7 @@ def scale_vectors(real_vectors: np.ndarray, total: int, queries: List[str], real
     picks = rng.integers(0, len(real_vectors), total)
     synthetic = real_vectors[picks] + rng.normal(0, 0.25 / math.sqrt(384), (total, 384)).astype(np.float32)
     synthetic /= np.linalg.norm(synthetic, axis=1, keepdims=True)
-    index = store_module.TextIndex()
+    index = ranking.TextIndex()
     cells_n = int(min(4096, max(16, round(math.sqrt(total)))))
     t0 = time.perf_counter()
     sample = synthetic[rng.choice(total, size=min(total, 64 * cells_n), replace=False)]
@@ -555,7 +564,7 @@ def scale_vectors(real_vectors: np.ndarray, total: int, queries: List[str], real
     exact_s, ivf_s, hit = [], [], []
     for qv in query_vectors:
         t = time.perf_counter()
-        exact = store_module.top(index.similarity(qv), 10)
+        exact = ranking.top(index.similarity(qv), 10)
         exact_s.append(time.perf_counter() - t)
         index.centroids = centroids
         t = time.perf_counter()
@@ -572,6 +581,7 @@ def report(r: dict) -> str:
     mib = lambda b: f"{b / 2**20:,.0f} MiB"  # noqa: E731
     lines = ["| what | figure |", "|---|---|"]
     lines.append(f"| windows stored (4 cameras, 1 per second) | {r['windows']:,} |")
+    lines.append(f"| torch threads (MiniLM) | {r.get('torch_threads', 'default')} |")
     lines.append(f"| distinct texts (embedded) | {r['distinct_texts']:,} |")
     if r.get("embed_s"):
         lines.append(f"| embedding them once (MiniLM, CPU) | {r['embed_s']:.0f} s "

@@ -5,6 +5,7 @@ wherever a limit is described as such.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -68,9 +69,17 @@ class GenerationConfig:
     top_k: Optional[int] = None
     repetition_penalty: float = 1.05
     seed: Optional[int] = None
-    silence_marker: str = " ..."  # the model's answer for "nothing new this window"
+    # The model's last word for "nothing new this window"; it follows a space (`marker_text`).
+    # Written without that space: ROS parameter files and `ros2 param set` strip a leading one.
+    silence_marker: str = "..."
     ignore_end_of_turn: bool = False  # benchmarks force exactly max_new_tokens
     decode_mode: str = "auto"  # one of DECODE_MODES
+
+    @property
+    def marker_text(self) -> str:
+        """The silence marker as the model writes it after its words: ` ...` (empty: none)."""
+        marker = self.silence_marker.strip()
+        return f" {marker}" if marker else ""
 
     def validate(self) -> None:
         if self.decode_mode not in DECODE_MODES:
@@ -110,6 +119,18 @@ class ModelConfig:
     random_config: Optional[str] = None  # JSON config for random weights at real dimensions
     seed: int = 0  # for random-weight models
 
+    def validate(self) -> "ModelConfig":
+        """The spelling of each setting (whether a CUDA device is there is checked when the model loads)."""
+        # Devices the engine is tested on; `auto` picks cuda when there is one.
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device):
+            raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N (N: the GPU's index)")
+        if self.dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
+            raise ValueError(f"dtype {self.dtype!r} is not one of auto, float32, bfloat16, float16")
+        if self.attn_implementation not in ("auto", "sdpa", "eager", "flash_attention_2"):
+            raise ValueError(f"attn_implementation {self.attn_implementation!r} is not one of auto, sdpa, eager, "
+                             "flash_attention_2")
+        return self
+
 
 @dataclass
 class EngineConfig:
@@ -136,9 +157,9 @@ class MemoryConfig:
     """Long-term memory: the store of every described window, recall, summaries (svlm_ros/memory/)."""
 
     enabled: bool = True  # the node stores every described window
-    path: str = ""  # SQLite file; empty: $ROS_HOME/svlm/memory.sqlite (~/.ros/svlm/memory.sqlite)
+    path: str = ""  # SQLite file; empty: per node, $ROS_HOME/svlm/<namespace>/<name>/memory.sqlite (one writer a file)
     retention_days: float = 14.0  # entries older than this are deleted
-    max_bytes: int = 8 * 2**30  # and the oldest are deleted while the file is larger
+    max_bytes: int = 8 * 2**30  # and the oldest are deleted while the file and its WAL are larger (kept as writes go)
     queue_size: int = 1000  # pending writes; when full, new entries are dropped and counted
     merge_gap_s: float = 1.5  # a window this close after the last one with the same text extends it
     # Where the robot was: a pose topic matched to each window by time, or tf (when tf2_ros imports).
@@ -154,8 +175,9 @@ class MemoryConfig:
     summary_minutes: float = 10.0  # a summary of each camera's last N minutes (0: no summaries)
     summary_input_tokens: int = 1024  # at most this much text goes into one summary
     summary_max_tokens: int = 96  # the summary's length
-    summary_instruction: str = ("Summarize the notes above in two or three sentences: what was seen, "
-                                "where and when. Keep times.")
+    # No ": " in the default: rclpy reads a parameter file's or `ros2 param set`'s string as YAML.
+    summary_instruction: str = ("Summarize the notes above in two or three sentences (what was seen, "
+                                "where and when), and keep the times.")
     resume_context: bool = False  # at configure, seed each camera's previous text from its latest summaries
 
     def validate(self) -> None:

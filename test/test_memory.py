@@ -13,7 +13,7 @@ import pytest
 
 from svlm_ros.config import MemoryConfig
 from svlm_ros.memory import store as store_module
-from svlm_ros.memory.store import Embedder, Entry, MemoryError, MemoryStore, Pose
+from svlm_ros.memory.store import Embedder, Entry, MemoryError, MemoryStore, Pose, StoreCorrupt
 from svlm_ros.memory.summaries import SummaryStore
 from svlm_ros.memory.writer import MemoryWriter
 
@@ -107,11 +107,18 @@ def test_fts_syntax_in_a_query_is_just_text(tmp_path, embedder):
         assert store.recall(query, limit=1)[0].text == "The red cart is parked."
 
 
-def test_a_corrupt_store_is_named(tmp_path):
+def test_a_corrupt_store_is_named_to_a_reader_and_moved_aside_by_its_writer(tmp_path):
     path = tmp_path / "memory.sqlite"
-    path.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(MemoryError, match="cannot be opened.*move it aside"):
-        MemoryStore(path, MemoryConfig(), Embedder())
+    garbage = b"this is not a database" * 100
+    path.write_bytes(garbage)
+    with pytest.raises(StoreCorrupt, match=f"{path} is corrupt.*move it aside"):
+        MemoryStore(path, MemoryConfig(), Hashed())
+    assert path.read_bytes() == garbage  # a reader leaves the file alone
+    store = MemoryStore(path, MemoryConfig(), Hashed(), check=True)  # the writer's owner, at its start
+    assert store.moved_aside.name.startswith("memory.sqlite.corrupt-") and store.moved_aside.read_bytes() == garbage
+    store.add([Entry("/cam", DAY0, DAY0 + 1, "a new start", False)])
+    assert store.count() == 1
+    store.close()
 
 
 def test_the_writer_never_blocks_and_counts_what_it_drops(tmp_path, embedder):
@@ -121,8 +128,8 @@ def test_the_writer_never_blocks_and_counts_what_it_drops(tmp_path, embedder):
     for k in range(50):  # the store cannot open: offers still return at once
         writer.offer(Entry("/cam", DAY0 + k, DAY0 + k + 1, "text", False))
     assert writer.flush() is False  # answered, not hung: nothing could be committed
-    writer.close()
-    assert "cannot be opened" in writer.last_error and writer.dropped >= 46
+    assert writer.close() == writer.accepted  # every entry it took is reported as not written
+    assert "is corrupt" in writer.last_error and writer.dropped >= 46
 
 
 def test_kill_9_during_writes_loses_no_committed_entry(tmp_path):

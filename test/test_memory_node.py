@@ -85,6 +85,7 @@ def test_recall_returns_what_the_node_described_with_the_robots_pose(harness, tm
     ({"since": stamp(T0 + 10), "until": stamp(T0)}, "reversed"),
     ({"query": "x" * 2000}, "at most 1000"),
     ({"use_place": True, "x": 1.0, "y": 2.0, "radius": 0.0}, "radius must be > 0"),
+    ({"use_place": True, "x": float("nan"), "y": 2.0, "radius": 3.0}, "must be finite numbers"),
     ({"use_place": True, "x": 1.0, "y": 2.0, "radius": 3.0}, "no pose source"),
 ])
 def test_bad_recall_requests_are_answered_with_the_reason(harness, tmp_path, fields, problem):
@@ -187,16 +188,39 @@ def test_a_restarted_node_sees_its_history_and_resumes_from_its_summaries(harnes
     assert history.success and len(history.entries) >= 1  # the first node's windows
 
 
-def test_a_corrupt_memory_file_is_an_error_and_descriptions_keep_flowing(harness, tmp_path):
+def test_a_corrupt_memory_file_at_start_is_moved_aside_and_a_new_store_started(harness, tmp_path):
     path = tmp_path / "memory.sqlite"
-    path.write_bytes(b"this is not a database" * 100)
+    garbage = b"this is not a database" * 100
+    path.write_bytes(garbage)
+    h = harness(**memory(tmp_path))
+    h.start()
+    [moved] = list(tmp_path.glob("memory.sqlite.corrupt-*"))
+    assert moved.read_bytes() == garbage and h.node.memory.moved_aside == moved
+    h.stream(RAW, T0, 2.2)
+    settled(h, RAW, 22)
+    flushed(h)
+    response = recall(h, since=stamp(T0), until=stamp(T0 + 10), limit=50)
+    assert response.success and response.entries
+    wait_for(lambda: memory_status(h) is not None)
+    status = memory_status(h)
+    values = {v.key: v.value for v in status.values}
+    assert values["memory_moved_aside"] == str(moved)
+    assert status.level == DiagnosticStatus.WARN and str(moved) in status.message
+
+
+def test_an_unusable_memory_file_is_an_error_and_descriptions_keep_flowing(harness, tmp_path):
+    path = tmp_path / "memory.sqlite"
+    MemoryStore(path, MemoryConfig(), Embedder()).close()
+    newer = sqlite3.connect(path)
+    newer.execute("PRAGMA user_version=99")  # written by a newer svlm_ros: refused, never moved
+    newer.close()
     h = harness(**memory(tmp_path))
     h.start()
     h.stream(RAW, T0, 2.2)
     settled(h, RAW, 22)
     wait_for(lambda: len(h.descriptions) >= 2)
     response = recall(h, query="cart")
-    assert not response.success and str(path) in response.message and "move it aside" in response.message
+    assert not response.success and str(path) in response.message and "move the file aside" in response.message
     wait_for(lambda: memory_status(h) is not None)
     status = memory_status(h)
     assert status.level == DiagnosticStatus.ERROR
@@ -280,7 +304,7 @@ def test_pose_from_tf_when_tf2_ros_imports(harness, tmp_path, monkeypatch):
     response = recall(h, since=stamp(T0), until=stamp(T0 + 10), limit=50)
     assert response.success, response.message
     assert {e.has_pose for e in response.entries} == {True, False}  # random weights: every window says something new
-    for entry in response.entries:  # a row keeps the pose of its first window's end
+    for entry in response.entries:  # one window per row here, with the pose of its end
         start = entry.start.sec + entry.start.nanosec * 1e-9
         if start + 1.0 <= T0 + 3.0:
             assert entry.has_pose and entry.frame_id == "odom"

@@ -499,3 +499,111 @@ def test_parameters_are_validated(harness):
     session = h.node.scheduler.cameras[RAW].session
     queries = [s.tokens.tolist() for s in session.table.segments if s.kind.value == "query"]
     assert session.prompt.encode("Count the boxes.") in queries
+
+
+def test_release_lets_the_window_in_flight_reach_the_memory(harness, tmp_path):
+    """Issue Hardening II, item 6: release() cleared the scheduler before the worker stopped, so the window
+    in flight failed to publish (`'NoneType' object has no attribute 'cameras'`) and never reached the memory."""
+    import sqlite3
+
+    h = harness(**{"memory.enabled": True, "memory.path": str(tmp_path / "memory.sqlite"),
+                   "memory.summary_minutes": 0.0})
+    h.start()
+    scheduler = h.node.scheduler
+    gate = Gate(scheduler.cameras[RAW].session)
+    h.publisher(RAW)
+    h.stream(RAW, 10.0, 1.15, pace=0)  # window 10-11 s closes; the worker is held inside it
+    assert gate.entered.wait(30)
+    releasing = threading.Thread(target=h.node.release)
+    releasing.start()
+    wait_for(scheduler._stop.is_set)  # release() is waiting for the worker
+    gate.open()
+    releasing.join(120)
+    assert not releasing.is_alive()
+    assert scheduler.publish_errors == 0, scheduler.last_error
+    with sqlite3.connect(tmp_path / "memory.sqlite") as connection:
+        assert connection.execute("SELECT start, end FROM entries").fetchall() == [(10.0, 11.0)]
+
+
+def test_no_callback_exception_ends_the_node(harness, monkeypatch):
+    """Issue Hardening II, item 1: an exception out of a service, subscription or timer callback ended
+    executor.spin(), and with it the process. Each is logged and the node goes on; a service answers
+    success=false with the reason."""
+    from svlm_ros.node.scheduler import CameraStream, Scheduler
+
+    h = harness(diagnostics_period_s=0.1)
+    h.start()
+    h.publisher(RAW)
+    faults = {"reset": 1, "frame": 1, "diagnostics": 1}
+    real_reset, real_feed, real_status = Scheduler.reset, CameraStream.feed_lazy, SvlmNode._camera_status
+
+    def once(name, real):
+        def call(*args, **kwargs):
+            if faults[name]:
+                faults[name] -= 1
+                raise RuntimeError(f"injected fault in {name}")
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(Scheduler, "reset", once("reset", real_reset))
+    monkeypatch.setattr(CameraStream, "feed_lazy", once("frame", real_feed))
+    monkeypatch.setattr(SvlmNode, "_camera_status", once("diagnostics", real_status))
+    failed = h.call(Trigger, "/svlm/reset", Trigger.Request())
+    assert not failed.success and "injected fault in reset" in failed.message
+    assert h.call(Trigger, "/svlm/reset", Trigger.Request()).success  # the executor still serves
+    h.stream(RAW, 10.0, 2.2)  # the first frame's callback fails; the stream goes on
+    wait_for(lambda: h.descriptions)
+    count = len(h.diagnostics)
+    wait_for(lambda: len(h.diagnostics) > count + 1)  # the timer goes on after its failed run
+    assert not any(faults.values())
+
+
+@pytest.mark.parametrize("device,allowed", [("tpu", False), ("cuda:x", False), ("CPU", False), ("", False),
+                                            ("cpu", True), ("cuda", True), ("cuda:1", True), ("auto", True)])
+def test_device_is_validated_when_set(harness, device, allowed):
+    """Issue Hardening II, item 8: `ros2 param set /svlm device tpu` was accepted and failed only at the next configure."""
+    from rcl_interfaces.srv import SetParameters
+
+    h = harness()
+    request = SetParameters.Request(parameters=[Parameter("device", value=device).to_parameter_msg()])
+    result = h.call(SetParameters, "/svlm/set_parameters", request).results[0]
+    assert result.successful == allowed, result.reason
+    if not allowed:
+        assert "auto, cpu, cuda, cuda:N" in result.reason and repr(device) in result.reason
+
+
+def test_every_parameter_round_trips_through_param_dump_load_and_set(harness, tmp_path):
+    """Issue Hardening II, item 9: `ros2 param dump /svlm > d.yaml && ros2 param load /svlm d.yaml` crashed the
+    CLI on a default that YAML reads as a mapping. ros2param dumps with yaml.dump and loads and sets with
+    rclpy's own parsing (parameter_dict_from_yaml_file, get_parameter_value): the same calls here, over the
+    node's real parameter services, for every parameter."""
+    import yaml
+    from rcl_interfaces.msg import ParameterType
+    from rcl_interfaces.srv import ListParameters, SetParameters
+    from rclpy.parameter import get_parameter_value, parameter_dict_from_yaml_file, parameter_value_to_python
+
+    h = harness()
+    names = h.call(ListParameters, "/svlm/list_parameters", ListParameters.Request()).result.names
+    values = h.call(GetParameters, "/svlm/get_parameters", GetParameters.Request(names=names)).values
+    before = {name: parameter_value_to_python(value) for name, value in zip(names, values)}
+    dumped = {}
+    for name, value in before.items():  # ros2param's dump nests the dotted names
+        *sections, leaf = name.split(".")
+        target = dumped
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[leaf] = value
+    path = tmp_path / "d.yaml"
+    path.write_text(yaml.dump({"/svlm": {"ros__parameters": dumped}}, default_flow_style=False))
+    loaded = parameter_dict_from_yaml_file(str(path))
+    assert {name: parameter_value_to_python(p.value) for name, p in loaded.items()} == before
+    # `ros2 param load` sets them all; rclpy's read-only ones (start_type_description_service) refuse, as on any node
+    settable = [p for p in loaded.values() if not h.node.describe_parameter(p.name).read_only]
+    results = h.call(SetParameters, "/svlm/set_parameters", SetParameters.Request(parameters=settable)).results
+    assert [(p.name, r.reason) for p, r in zip(settable, results) if not r.successful] == []
+    assert {name: h.node.get_parameter(name).value for name in names} == before
+    # `ros2 param set /svlm NAME VALUE`, VALUE as `ros2 param get` prints it
+    for name, value in zip(names, values):
+        if value.type == ParameterType.PARAMETER_STRING:
+            typed = get_parameter_value(value.string_value)
+            assert (typed.type, typed.string_value) == (ParameterType.PARAMETER_STRING, value.string_value), name

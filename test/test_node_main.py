@@ -2,49 +2,20 @@
 
 Each test waits for the log line that says the state was reached, then sends SIGINT: the
 process must exit 0 with no traceback and no abort (`terminate called ...`)."""
-import os
-import queue
 import signal
 import subprocess
-import sys
-import threading
-import time
 
 import pytest
+
+import test_node_shutdown
 
 ARGS = ["--ros-args", "-p", "model:=tiny-random", "-p", "device:=cpu", "-p", "frames.min_pixels:=3136",
         "-p", "generation.max_new_tokens:=2", "-p", "image_topics:=['/main_test/image_raw']"]
 
 
-class NodeProcess:
+class NodeProcess(test_node_shutdown.NodeProcess):
     def __init__(self, *extra):
-        env = dict(os.environ, PYTHONUNBUFFERED="1", RCUTILS_LOGGING_BUFFERED_STREAM="0")
-        self.process = subprocess.Popen([sys.executable, "-m", "svlm_ros.node.main", *ARGS, *extra],
-                                        stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, env=env)
-        self.lines: "queue.Queue[str]" = queue.Queue()
-        self.output = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.process.stdout:
-            self.output.append(line)
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def wait_for_line(self, text, timeout=120):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            if text in line:
-                return line
-        raise AssertionError(f"no line with {text!r}; output:\n{''.join(self.output)}")
+        super().__init__([*ARGS, *extra])
 
     def interrupt(self, timeout=120):
         self.process.send_signal(signal.SIGINT)

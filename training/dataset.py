@@ -489,7 +489,7 @@ class DatasetBuilder:
             "format": FORMAT,
             "dataset": _asdict(self.config),
             "engine": {"frames": _asdict(self.engine.frames), "prompt": _asdict(self.engine.prompt),
-                       "silence_marker": self.engine.generation.silence_marker},
+                       "silence_marker": self.engine.generation.marker_text},
             "tokenizer": tokenizer_identity(self.tokenizer),
             "sources": [s.name for s in sources],
             "samples": self.writer.total,

@@ -339,8 +339,8 @@ class StreamSession:
         Only whole tokens that spell the marker (` ...`; bare `...` when it is the whole answer)
         are split off, so an answer ending in `Wait...` or cut short by the token limit keeps
         every word."""
-        marker = self.config.generation.silence_marker
-        if not marker.strip():
+        marker = self.config.generation.marker_text
+        if not marker:
             return generated, []
         for count in range(1, len(generated) + 1):
             tail = self.prompt.decode(generated[-count:])

@@ -1,7 +1,9 @@
 """Long-term memory: what the robot saw, where and when, searchable for days (ROS-free).
 
 - `store.py`: the SQLite file (entries merged into runs, distinct texts with their embeddings,
-  keyword and meaning indexes, retention) and ranked recall.
+  retention) and recall under filters.
+- `ranking.py`: the texts held in memory (word postings, int8 vectors, k-means cells) and the
+  ranking: keyword and meaning evidence fused by score; nothing when nothing matches.
 - `writer.py`: keeps writes off the real-time path (a bounded queue and one thread).
 - `pose.py`: the robot's pose over time, matched to each window.
 - `summaries.py`: summaries in tiers (minutes, hour, day), planned from window stamps, written

@@ -59,6 +59,10 @@ def recollect(question: str, now_s: float, store: MemoryStore, summaries: Option
     if config.ask_entries > 0:
         if query.strip() or time_range is not None:
             hits = store.recall(query=query, since=since, until=until, limit=config.ask_entries)
+            if not hits and query.strip() and time_range is not None:
+                # No entry matches the words ("was there a giraffe an hour ago?"): what was seen
+                # in the range, newest first, is still what the answer needs.
+                hits = store.recall(since=since, until=until, limit=config.ask_entries)
             candidates += [Source("entry", h.camera, h.start, h.end, h.text, h.pose, h.score) for h in hits]
         if summaries is not None and time_range is not None:
             tier = "hour" if since is None or until is None or until - since >= 3 * 3600 else "minutes"

@@ -16,32 +16,37 @@ names the layout, and a file of another layout is refused with what to do.
   at once, by words and meaning once its text is embedded.
 Ranking is done over distinct texts, never over every row: robots say the same things again and
 again, so distinct texts are a few percent of the windows. A store instance keeps them in memory
-(`TextIndex`, loaded from `texts` at the first query, then kept up to date): BM25 over word
+(`ranking.TextIndex`, loaded from `texts` at the first query, then kept up to date): BM25 over word
 postings (numpy; SQLite's FTS5 scores every matching row one by one, about 1 us each, 50 ms for a
 few common words over 100,000 texts), and the int8 vectors, scanned exactly below `IVF_MIN`
 texts and above it through an inverted file (the `NPROBE` nearest of about sqrt(n) k-means cells,
 trained by the writer as the texts grow; centroids in `meta`). The ranked texts are then expanded
 to their newest entries under the filters through the (text, time) index. Narrow filters (a short
 time range, a place: few entries inside) are answered the other way round: the entries inside are
-fetched through their index and only their texts are ranked. Keyword and meaning rankings are
-fused by reciprocal rank fusion. Retention deletes the oldest entries in bounded transactions and
+fetched through their index and only their texts are ranked. Keyword and meaning evidence are
+fused by score (`ranking.rank`): a query no text matches gets no entry. Retention deletes the oldest entries in bounded transactions and
 gives the freed pages back (`auto_vacuum=INCREMENTAL`), so the file stays under `max_bytes`.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import math
-import re
+import os
 import sqlite3
+import sys
 import threading
-import unicodedata
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..config import MemoryConfig
+from .ranking import DIMENSIONS, TextIndex, rank, tokens, top  # noqa: F401 (store.tokens, store.top: callers')
 
 log = logging.getLogger(__name__)
 
@@ -63,30 +68,141 @@ CREATE TRIGGER IF NOT EXISTS entries_place_insert AFTER INSERT ON entries WHEN n
 CREATE TRIGGER IF NOT EXISTS entries_place_delete AFTER DELETE ON entries WHEN old.x IS NOT NULL BEGIN
     DELETE FROM entries_place WHERE id = old.id; END;
 """
-BM25_K1, BM25_B = 1.2, 0.75  # the usual BM25 constants (FTS5's too)
-RRF_K = 60  # reciprocal rank fusion constant (Cormack et al.): rank 1 scores 1/61
 MAX_QUERY_CHARS = 1000
 MAX_RUN_S = 3600.0  # a run of repeats longer than this starts a new entry (bounds the time index scans)
 NARROW_MAX = 4000  # filters holding at most this many entries rank only those entries' texts ...
 NARROW_PLACE_MAX = 25_000  # ... or this many with a place (a text's entries elsewhere cost the most to skip)
-MAX_PROBES = 2000  # ranked texts expanded through the index per query and ranking, at most
+MAX_PROBES = 2000  # texts taken from each of BM25 and meaning, and expanded through the index, per query
 RETENTION_CHUNK = 5000  # entries deleted per transaction by retention
 RETENTION_FILL = 0.95  # a size-bound pass trims the store to this fraction of max_bytes
 VACUUM_STEP = 4096  # free pages given back to the file system per transaction
-DIMENSIONS = 384
 EVERY_TEXT = 2**62  # embedded_upto of a file whose texts were all embedded as they came
 
 
 class MemoryError(RuntimeError):
-    """The store cannot be used (corrupt, locked, not writable), with what to do."""
+    """The store cannot be used (corrupt, locked, full, not writable), with which file and what to do."""
 
 
 class StoreLocked(MemoryError):
     """Another connection held the file's write lock past the busy timeout; trying again may work."""
 
 
-def _is_locked(error: sqlite3.DatabaseError) -> bool:
-    return isinstance(error, sqlite3.OperationalError) and ("locked" in str(error) or "busy" in str(error))
+class StoreFull(MemoryError):
+    """The file system holding the store is full; trying again once there is room works."""
+
+
+class StoreUnwritable(MemoryError):
+    """The file or its folder cannot be created or written: permissions, a missing or read-only place."""
+
+
+class StoreCorrupt(MemoryError):
+    """The file is damaged, or was truncated, replaced or removed under the store: it cannot be
+    trusted again. The holder of the writer lock moves it aside (`quarantine`) and starts a new one."""
+
+
+class StoreInUse(MemoryError):
+    """Another process holds the file's writer lock."""
+
+
+CORRUPT_ADVICE = "move it aside and a new store starts (the node does this itself)"
+
+
+def failure(path: Path, error: BaseException, doing: str) -> MemoryError:
+    """The MemoryError for an sqlite3 or OS error met while `doing` something with the store at
+    `path`: what is wrong, which file, what to do."""
+    if isinstance(error, MemoryError):
+        return error
+    text = str(error) or type(error).__name__
+    code = getattr(error, "sqlite_errorname", "") or ""
+    if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or (
+            isinstance(error, sqlite3.OperationalError) and ("locked" in text or "busy" in text)):
+        return StoreLocked(f"memory store {path} is locked by another connection ({text}); the entries wait and are "
+                           "written once it lets go (stop the other writer, or give it its own file)")
+    if code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text or "not a database" in text:
+        return StoreCorrupt(f"memory store {path} is corrupt ({text}; {doing}): {CORRUPT_ADVICE}")
+    if code.startswith("SQLITE_FULL") or (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)):
+        return StoreFull(f"memory store {path}: the disk is full ({text}; {doing}): free space on its file system "
+                         "or lower memory.max_bytes; the entries wait and are written once there is room")
+    if code.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH", "SQLITE_IOERR")) or \
+            isinstance(error, OSError):
+        return StoreUnwritable(f"memory store {path} cannot be written ({text}; {doing}): check that {path.parent} "
+                               "exists and this user may write it and the file, or set memory.path to a writable place")
+    return MemoryError(f"memory store {path}: {doing} failed ({text}); if it goes on, move the file aside (a new "
+                       "store starts) or set memory.path to another file")
+
+
+def quarantine(path: Path) -> Path:
+    """Move a broken store aside, with its -wal and -shm, to `<name>.corrupt-<UTC time>`; returns
+    where. Only for the holder of the writer lock, with its own connections to the file closed."""
+    path = Path(path)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target, n = path.with_name(f"{path.name}.corrupt-{stamp}"), 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    for suffix in ("-wal", "-shm", ""):
+        part = Path(f"{path}{suffix}")
+        if part.exists():
+            os.replace(part, f"{target}{suffix}")
+    return target
+
+
+class WriterLock:
+    """The right to write one store file, held by one process: an flock on `<file>.lock`, which the
+    kernel lets go of when the process ends (kill -9 included). Taken again in the same process it
+    is shared (the node's writer thread and its services); another process is refused with the
+    holder's pid and name, and what to do. The lock file stays (removing it would race a taker)."""
+
+    _held: Dict[str, List] = {}  # real path of the store -> [fd, takers in this process]
+    _guard = threading.Lock()
+
+    def __init__(self, path: Path, owner: str = ""):
+        self.path = Path(path)
+        self._key: Optional[str] = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            key = os.path.realpath(self.path)
+            with WriterLock._guard:
+                held = WriterLock._held.get(key)
+                if held is not None:
+                    held[1] += 1
+                else:
+                    WriterLock._held[key] = [self._take(owner), 1]
+        except OSError as error:
+            raise failure(self.path, error, "taking the writer lock") from error
+        self._key = key
+
+    def _take(self, owner: str) -> int:
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            pid, _, name = holder.partition(" ")
+            raise StoreInUse(f"memory store {self.path} is written by another process (pid {pid}: {name or '?'}); "
+                             "two writers on one file are refused: give this one its own file (set memory.path), "
+                             "or stop the other") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:  # who holds it, for the refusal's message; a full disk must not cost the lock itself
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {owner or os.path.basename(sys.argv[0]) or 'python'}\n".encode(), 0)
+        except OSError as error:
+            log.warning("memory store %s: could not write who holds its writer lock (%s)", self.path, error)
+        return fd
+
+    def release(self) -> None:
+        with WriterLock._guard:
+            key, self._key = self._key, None
+            held = WriterLock._held.get(key) if key else None
+            if held is None:
+                return
+            held[1] -= 1
+            if not held[1]:
+                del WriterLock._held[key]
+                os.close(held[0])  # closing the descriptor lets go of the flock
 
 
 @dataclass
@@ -119,11 +235,12 @@ class Hit:
     score: float
 
 
-def default_path() -> Path:
-    import os
-
+def default_path(node_name: str = "/svlm") -> Path:
+    """The store of the node with this fully qualified name: `/robot1/svlm` ->
+    $ROS_HOME/svlm/robot1/svlm/memory.sqlite, so two nodes on one host never share a file."""
     home = Path(os.environ.get("ROS_HOME", Path.home() / ".ros"))
-    return home / "svlm" / "memory.sqlite"
+    parts = [part for part in node_name.split("/") if part] or ["svlm"]
+    return home.joinpath("svlm", *parts, "memory.sqlite")
 
 
 class Embedder:
@@ -142,18 +259,6 @@ class Embedder:
             vectors = self._model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True,
                                          show_progress_bar=False, batch_size=256)
         return np.asarray(vectors, dtype=np.float32)
-
-
-WORD = re.compile(r"[^\W_]+")
-
-
-def tokens(text: str) -> List[str]:
-    """Words as FTS5's unicode61 tokenizer cuts them: letters and digits, lower case, no diacritics.
-    Only words: search syntax in a user's query (quotes, AND, *, NEAR) is just text."""
-    plain = text.lower()
-    if not plain.isascii():
-        plain = "".join(c for c in unicodedata.normalize("NFKD", plain) if not unicodedata.combining(c))
-    return WORD.findall(plain)
 
 
 def quantize(vectors: np.ndarray) -> np.ndarray:
@@ -191,148 +296,16 @@ def kmeans(vectors: np.ndarray, k: int, iterations: int = 10, seed: int = 0) -> 
     return centroids
 
 
-class TextIndex:
-    """The distinct texts of a store, in memory, by row (text ids increase with the row): int8
-    vectors with their inverted-file cells, and word postings for BM25. Grown in place (capacity
-    doubling); built again from the file when retention deleted texts."""
-
-    def __init__(self, dimensions: int = DIMENSIONS):
-        self.n = 0
-        self.ids = np.zeros(0, dtype=np.int64)
-        self.vectors = np.zeros((0, dimensions), dtype=np.int8)
-        self.cells = np.zeros(0, dtype=np.int32)
-        self.lengths = np.zeros(0, dtype=np.float32)  # words per text
-        self.centroids: Optional[np.ndarray] = None
-        self.words: Dict[str, int] = {}
-        # Postings (word, row, count) sorted by word for rows < built_rows; later rows in a tail.
-        self.offsets = np.zeros(1, dtype=np.int64)
-        self.posting_rows = np.zeros(0, dtype=np.int32)
-        self.posting_counts = np.zeros(0, dtype=np.float32)
-        self.built_rows = 0
-        self.pairs_word: List[np.ndarray] = []  # every (word, row) occurrence, to build the postings from
-        self.pairs_row: List[np.ndarray] = []
-        self.tail: Dict[int, List[int]] = {}  # word -> rows (repeated per occurrence) of rows >= built_rows
-        self.tail_size = 0
-        self.total_words = 0
-
-    def append(self, ids: np.ndarray, vectors: np.ndarray, cells: np.ndarray, texts: Sequence[str]) -> None:
-        need = self.n + len(ids)
-        if need > len(self.ids):
-            capacity = max(need, 2 * len(self.ids), 1024)
-            for name in ("ids", "vectors", "cells", "lengths"):
-                old = getattr(self, name)
-                new = np.zeros((capacity,) + old.shape[1:], dtype=old.dtype)
-                new[:self.n] = old[:self.n]
-                setattr(self, name, new)
-        self.ids[self.n:need], self.vectors[self.n:need], self.cells[self.n:need] = ids, vectors, cells
-        pair_words: List[int] = []
-        pair_rows: List[int] = []
-        for row, text in enumerate(texts, start=self.n):
-            found = tokens(text)
-            self.lengths[row] = len(found)
-            for word in found:
-                word_id = self.words.setdefault(word, len(self.words))
-                pair_words.append(word_id)
-                pair_rows.append(row)
-                self.tail.setdefault(word_id, []).append(row)
-        self.pairs_word.append(np.array(pair_words, dtype=np.int32))
-        self.pairs_row.append(np.array(pair_rows, dtype=np.int32))
-        self.total_words += len(pair_rows)
-        self.tail_size += len(pair_rows)
-        self.n = need
-        if self.tail_size > max(50_000, len(self.posting_rows) // 4):
-            self._build_postings()
-
-    def _build_postings(self) -> None:
-        words = np.concatenate(self.pairs_word).astype(np.int64)
-        rows = np.concatenate(self.pairs_row).astype(np.int64)
-        self.pairs_word, self.pairs_row = [words.astype(np.int32)], [rows.astype(np.int32)]
-        keys, counts = np.unique(words * (self.n + 1) + rows, return_counts=True)
-        by_word = keys // (self.n + 1)
-        self.posting_rows = (keys % (self.n + 1)).astype(np.int32)
-        self.posting_counts = counts.astype(np.float32)
-        self.offsets = np.searchsorted(by_word, np.arange(len(self.words) + 1)).astype(np.int64)
-        self.built_rows, self.tail, self.tail_size = self.n, {}, 0
-
-    def postings(self, word: str) -> Tuple[np.ndarray, np.ndarray]:
-        """Rows holding the word, and how many times."""
-        word_id = self.words.get(word)
-        if word_id is None:
-            return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
-        rows, counts = np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
-        if word_id + 1 < len(self.offsets):
-            lo, hi = self.offsets[word_id], self.offsets[word_id + 1]
-            rows, counts = self.posting_rows[lo:hi], self.posting_counts[lo:hi]
-        tail = self.tail.get(word_id)
-        if tail:
-            more, times = np.unique(np.array(tail, dtype=np.int32), return_counts=True)
-            rows, counts = np.concatenate([rows, more]), np.concatenate([counts, times.astype(np.float32)])
-        return rows, counts
-
-    def bm25(self, query: str) -> np.ndarray:
-        """BM25 of every row for the query's words (0: no word in common), as FTS5's bm25() scores."""
-        scores = np.zeros(self.n, dtype=np.float32)
-        if not self.n:
-            return scores
-        average = max(1.0, self.total_words / self.n)
-        for word in dict.fromkeys(tokens(query)):
-            rows, counts = self.postings(word)
-            if not len(rows):
-                continue
-            idf = max(math.log((self.n - len(rows) + 0.5) / (len(rows) + 0.5)), 1e-6)
-            norm = BM25_K1 * (1 - BM25_B + BM25_B * self.lengths[rows] / average)
-            scores[rows] += idf * counts * (BM25_K1 + 1) / (counts + norm)
-        return scores
-
-    def rows_of(self, text_ids: np.ndarray) -> np.ndarray:
-        """Rows of these text ids; ids not loaded (silence, texts newer than the index) are left out."""
-        if not self.n:
-            return np.zeros(0, dtype=np.int64)
-        rows = np.minimum(np.searchsorted(self.ids[:self.n], text_ids), self.n - 1)
-        return rows[self.ids[rows] == text_ids]
-
-    def similarity(self, query: np.ndarray, rows: Optional[np.ndarray] = None, chunk: int = 32768) -> np.ndarray:
-        """Dot products of the query with these rows (all rows when None). einsum reads the int8
-        rows as they are (no float32 copy of the matrix) and stays on this thread: a BLAS call
-        here would start its own threads, which fight the embedder's (torch) on a small CPU."""
-        if rows is None:
-            return np.einsum("ij,j->i", self.vectors[:self.n], query)
-        out = np.empty(len(rows), dtype=np.float32)
-        for start in range(0, len(rows), chunk):
-            out[start:start + chunk] = np.einsum("ij,j->i", self.vectors[rows[start:start + chunk]], query)
-        return out
-
-    def search(self, query: np.ndarray, k: int, nprobe: int) -> np.ndarray:
-        """Rows of the `k` vectors most similar to the query, best first: the exact scan, or only
-        the `nprobe` cells nearest to the query when there are cells."""
-        if not self.n:
-            return np.zeros(0, dtype=np.int64)
-        rows: Optional[np.ndarray] = None
-        if self.centroids is not None and nprobe < len(self.centroids):
-            probe = np.argpartition(-np.einsum("ij,j->i", self.centroids, query), nprobe)[:nprobe]
-            wanted = np.zeros(len(self.centroids) + 1, dtype=bool)  # the last slot: cell -1, not assigned yet
-            wanted[probe] = True
-            wanted[-1] = True
-            rows = np.flatnonzero(wanted[self.cells[:self.n]])
-        scores = self.similarity(query, rows)
-        chosen = top(scores, k)
-        return chosen if rows is None else rows[chosen]
-
-
-def top(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indexes of the k highest scores, highest first."""
-    k = min(k, len(scores))
-    if k <= 0:
-        return np.zeros(0, dtype=np.int64)
-    best = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-    return best[np.argsort(-scores[best], kind="stable")]
-
-
 class MemoryStore:
     IVF_MIN = 50_000  # texts with a vector before meaning search uses the inverted file (exact below)
     NPROBE = 32  # cells scanned per meaning query
 
-    def __init__(self, path: Path, config: Optional[MemoryConfig] = None, embedder: Optional[Embedder] = None):
+    def __init__(self, path: Path, config: Optional[MemoryConfig] = None, embedder: Optional[Embedder] = None,
+                 check: bool = False):
+        """`check` (for the holder of the writer lock, when it starts): the whole file is checked
+        (PRAGMA quick_check: it reads every page, about a second per GB) and a corrupt or truncated
+        one is moved aside (`quarantine`, `moved_aside` says where) and a new store started. Without
+        it a broken file is refused (StoreCorrupt), never moved: readers leave the file alone."""
         self.config = config or MemoryConfig()
         self.config.validate()
         self.path = Path(path)
@@ -345,16 +318,47 @@ class MemoryStore:
         self._last: Dict[str, Optional[Tuple]] = {}  # camera -> (id, start, end, text_id, x, y) of its last entry
         self._data_version = None
         self._lock = threading.RLock()
+        self._writer_lock: Optional[WriterLock] = None  # taken at the first write
+        self.moved_aside: Optional[Path] = None
+        try:
+            self._open(check)
+        except StoreCorrupt as error:
+            if not check:
+                raise
+            self.moved_aside = quarantine(self.path)
+            log.error("%s; moved it to %s and started a new store", error, self.moved_aside)
+            self._open(False)
+
+    def _open(self, check: bool) -> None:
+        self.db = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            wal = Path(f"{self.path}-wal")
+            if self.path.exists() and not self.path.stat().st_size and wal.exists() and wal.stat().st_size:
+                raise StoreCorrupt(f"memory store {self.path} is empty beside a {wal.stat().st_size}-byte -wal (the "
+                                   f"file was truncated): {CORRUPT_ADVICE}")
             self.db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=5.0)
             self._open_layout()
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA cache_size=-32768")  # 32 MiB of page cache
-        except sqlite3.DatabaseError as error:
-            raise MemoryError(f"memory store {self.path} cannot be opened ({error}); if the file is corrupt, move "
-                              "it aside and a new store starts; if it is locked, stop the other process") from error
+            # A small max_bytes gets a small WAL: checkpoints come sooner and the WAL is cut back after them.
+            pages = self.config.max_bytes // self.db.execute("PRAGMA page_size").fetchone()[0]
+            self.db.execute(f"PRAGMA wal_autocheckpoint={max(64, min(1000, pages // 16))}")
+            self.db.execute(f"PRAGMA journal_size_limit={self.config.max_bytes // 8}")
+            if check:
+                found = [row[0] for row in self.db.execute("PRAGMA quick_check(3)")]
+                if found != ["ok"]:
+                    raise StoreCorrupt(f"memory store {self.path} is corrupt (quick_check: {'; '.join(found)}): "
+                                       f"{CORRUPT_ADVICE}")
+            stat = self.path.stat()
+            self._identity, self._known_size = (stat.st_dev, stat.st_ino), stat.st_size
+        except BaseException as error:
+            if self.db is not None:
+                self.db.close()
+            if isinstance(error, (sqlite3.Error, OSError)):
+                raise failure(self.path, error, "opening") from error
+            raise
 
     def _open_layout(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -390,7 +394,58 @@ class MemoryStore:
 
     def close(self) -> None:
         with self._lock:
-            self.db.close()
+            try:
+                self.db.close()
+            except sqlite3.Error as error:  # a broken file: the connection is gone all the same
+                log.debug("memory store %s: closing: %s", self.path, error)
+            if self._writer_lock is not None:
+                self._writer_lock.release()
+                self._writer_lock = None
+
+    def _claim(self) -> None:
+        """Writing needs the writer lock: the process that holds it (the node), or this store alone."""
+        if self._writer_lock is None:
+            self._writer_lock = WriterLock(self.path)
+
+    @contextmanager
+    def _failing(self, doing: str):
+        """sqlite3 and OS errors out as the MemoryError that says what to do; an open transaction is rolled back."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as error:
+            self._rollback()
+            raise failure(self.path, error, doing) from error
+
+    def _rollback(self) -> None:
+        try:
+            if self.db.in_transaction:
+                self.db.rollback()
+        except sqlite3.Error:
+            pass  # a broken or closed connection has nothing left to roll back
+
+    def verify_file(self) -> None:
+        """StoreCorrupt when the file under the store is no longer the one it opened: removed,
+        replaced, truncated (`truncate -s 0` of a live store) or without its SQLite header. A
+        stat and a 16-byte read: the writer calls it after each commit."""
+        try:
+            stat = os.stat(self.path)
+            with open(self.path, "rb") as file:
+                header = file.read(16)
+        except FileNotFoundError:
+            what = "was removed"
+        except OSError as error:
+            raise failure(self.path, error, "checking the file") from error
+        else:
+            if (stat.st_dev, stat.st_ino) != self._identity:
+                what = "was replaced by another file"
+            elif stat.st_size < self._known_size:  # only retention shrinks it, and it notes the new size
+                what = f"was truncated ({self._known_size} to {stat.st_size} bytes)"
+            elif header != b"SQLite format 3\x00":
+                what = "lost its SQLite header"
+            else:
+                self._known_size = stat.st_size
+                return
+        raise StoreCorrupt(f"memory store {self.path} {what} while in use: {CORRUPT_ADVICE}")
 
     # ----- small state shared by the store's connections ---------------------------------------
     def _meta(self, *keys: str) -> Dict[str, object]:
@@ -418,8 +473,12 @@ class MemoryStore:
         """Store windows in one transaction; returns how many rows were added (not merged). New
         texts are then embedded (`embed`), or left to `embed_pending` (the writer's own thread)."""
         added = 0
-        with self._lock:
+        with self._lock, self._failing("writing"):
+            self._claim()
             try:
+                # Immediate: what is read below (known texts, the next text id, each camera's last
+                # entry) is what the write lock holder sees, so two connections never take one id.
+                self.db.execute("BEGIN IMMEDIATE")
                 if self._others_wrote():
                     self._last.clear()
                 meta = self._meta("max_span", "next_text_id", "embedded_upto")
@@ -433,15 +492,9 @@ class MemoryStore:
                 if longest > span:
                     self._set_meta("max_span", longest)
                 self.db.commit()
-            except BaseException as error:
-                self.db.rollback()
+            except BaseException:
+                self._rollback()
                 self._last.clear()  # it may name rows that were rolled back
-                if isinstance(error, sqlite3.DatabaseError) and _is_locked(error):
-                    raise StoreLocked(f"memory store {self.path} is locked by another connection ({error}); the "
-                                      "entries wait and are written once it lets go (stop the other writer, or "
-                                      "give it its own file)") from error
-                if isinstance(error, sqlite3.DatabaseError):
-                    raise MemoryError(f"memory store {self.path}: write failed ({error})") from error
                 raise
         if embed and ids.new:
             while self.embed_pending():
@@ -452,7 +505,7 @@ class MemoryStore:
         """Embed the oldest texts committed without a vector (at most `limit`) and, as the texts
         grow, train the meaning index again; returns how many texts were done (0: none waits).
         The embedding runs outside the store's lock: `add` and `recall` go on meanwhile."""
-        with self._lock:
+        with self._lock, self._failing("reading the texts to embed"):
             upto = self._embedded_upto(self._meta("embedded_upto"))
             rows = self.db.execute("SELECT id, text FROM texts WHERE id > ? ORDER BY id LIMIT ?",
                                    (upto, limit)).fetchall()
@@ -461,7 +514,8 @@ class MemoryStore:
         spoken = [(text_id, text) for text_id, text in rows if text]
         vectors = quantize(self.embedder([text for _, text in spoken])) if spoken else None
         with self._lock:
-            try:
+            with self._failing("storing embeddings"):
+                self._claim()
                 if spoken:
                     centroids = self._writer_centroids()
                     cells = nearest_cells(vectors, centroids) if centroids is not None else \
@@ -474,32 +528,29 @@ class MemoryStore:
                 self.db.execute("INSERT INTO meta(key, value) VALUES ('embedded_upto', ?) "
                                 "ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)", (rows[-1][0],))
                 self.db.commit()
-            except sqlite3.DatabaseError as error:
-                self.db.rollback()
-                raise MemoryError(f"memory store {self.path}: storing embeddings failed ({error})") from error
             try:
                 if self._should_train(self._meta("embedded_upto", "ivf_trained_on", "ivf_upto")):
                     self._train()
-            except (sqlite3.DatabaseError, ValueError, MemoryError) as error:  # the vectors are stored
-                self.db.rollback()
+            except (sqlite3.Error, ValueError, MemoryError) as error:  # the vectors are stored
+                self._rollback()
                 log.warning("memory store %s: training the meaning index failed (%s); meaning search scans "
                             "the old cells and the new texts", self.path, error)
         return len(rows)
 
     def awaiting_embedding(self) -> int:
         """Texts committed and not embedded yet (found by time, camera and place, not yet by words)."""
-        with self._lock:
+        with self._lock, self._failing("counting the texts to embed"):
             upto = self._embedded_upto(self._meta("embedded_upto"))
             return self.db.execute("SELECT COUNT(*) FROM texts WHERE id > ? AND text != ''", (upto,)).fetchone()[0]
 
     def newest_text_id(self) -> int:
         """The id of the newest text ever added (deleted ones included: ids are never reused)."""
-        with self._lock:
+        with self._lock, self._failing("reading"):
             return self._next_text_id(self._meta("next_text_id")) - 1
 
     def embedded_through(self) -> int:
         """Every text with an id up to this one is embedded, or was deleted."""
-        with self._lock:
+        with self._lock, self._failing("reading"):
             meta = self._meta("embedded_upto", "next_text_id")
             upto = self._embedded_upto(meta)
             if upto != EVERY_TEXT and self.db.execute("SELECT 1 FROM texts WHERE id > ? LIMIT 1", (upto,)).fetchone():
@@ -530,8 +581,17 @@ class MemoryStore:
             math.hypot(pose.x - last[4], pose.y - last[5]) < 0.5
         if last and last[3] == text_id and 0 <= entry.start - last[2] <= self.config.merge_gap_s and same_place \
                 and entry.end - last[1] <= MAX_RUN_S:
-            self.db.execute("UPDATE entries SET end=?, windows=windows+1 WHERE id=?", (entry.end, last[0]))
-            self._last[entry.camera] = (last[0], last[1], max(last[2], entry.end)) + last[3:]
+            if pose is None:
+                self.db.execute("UPDATE entries SET end=?, windows=windows+1 WHERE id=?", (entry.end, last[0]))
+            else:  # a run's pose is its last window's (MemoryEntry: "at the end of the stretch")
+                self.db.execute("UPDATE entries SET end=?, windows=windows+1, x=?, y=?, z=?, frame=? WHERE id=?",
+                                (entry.end, pose.x, pose.y, pose.z, pose.frame, last[0]))
+                self.db.execute("DELETE FROM entries_place WHERE id=?", (last[0],))
+                self.db.execute("INSERT INTO entries_place VALUES (?, ?, ?, ?, ?)",
+                                (last[0], pose.x, pose.x, pose.y, pose.y))
+            # Same place is judged from where the run started (last[4:6]), so a run never creeps away.
+            anchor = last[4:6] if last[4] is not None or pose is None else (pose.x, pose.y)
+            self._last[entry.camera] = (last[0], last[1], max(last[2], entry.end), last[3]) + tuple(anchor)
             return 0, entry.end - last[1]
         cursor = self.db.execute(
             "INSERT INTO entries(camera, start, end, text_id, silent, x, y, z, frame) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -636,20 +696,39 @@ class MemoryStore:
             removed += count
             if count < RETENTION_CHUNK:
                 break
-        target = self.config.max_bytes * RETENTION_FILL
-        while True:
-            with self._lock:
-                if self._used_bytes() <= target:
-                    break
-                count = self._delete_oldest(None)
-            removed += count
-            if not count:
-                break
+        removed += self._trim()
         self._give_back_pages()
         return removed
 
+    def enforce_size(self) -> int:
+        """Keep the file and its WAL within max_bytes as writes go (the writer calls it after each
+        commit: a stat or two when within). A WAL that is what is over is checkpointed and cut
+        back; otherwise the oldest entries go as in `apply_retention`. Returns how many went."""
+        if self.size_bytes() <= self.config.max_bytes:
+            return 0
+        with self._lock, self._failing("checkpointing the WAL"):
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        if self.size_bytes() <= self.config.max_bytes:
+            return 0
+        removed = self._trim()
+        self._give_back_pages()
+        return removed
+
+    def _trim(self) -> int:
+        """The oldest entries, while the pages in use exceed RETENTION_FILL of max_bytes."""
+        removed, target = 0, self.config.max_bytes * RETENTION_FILL
+        while True:
+            with self._lock:
+                if self._used_bytes() <= target:
+                    return removed
+                count = self._delete_oldest(None)
+            removed += count
+            if not count:
+                return removed
+
     def _delete_oldest(self, before: Optional[float]) -> int:
-        try:
+        with self._failing("applying retention"):
+            self._claim()
             if before is None:
                 rows = self.db.execute("SELECT id, text_id FROM entries INDEXED BY entries_time ORDER BY start LIMIT ?",
                                        (RETENTION_CHUNK,)).fetchall()
@@ -669,18 +748,16 @@ class MemoryStore:
             self._last.clear()
             self._others_wrote()
             return len(rows)
-        except sqlite3.DatabaseError as error:
-            self.db.rollback()
-            raise MemoryError(f"memory store {self.path}: retention failed ({error})") from error
 
     def _used_bytes(self) -> int:
-        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
-        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
-        return (pages - free) * self.db.execute("PRAGMA page_size").fetchone()[0]
+        with self._failing("measuring the store"):
+            pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+            free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+            return (pages - free) * self.db.execute("PRAGMA page_size").fetchone()[0]
 
     def _give_back_pages(self) -> None:
         """Shrink the file by the free pages, VACUUM_STEP at a time, keeping the WAL small."""
-        try:
+        with self._failing("giving freed space back"):
             while True:
                 with self._lock:
                     free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
@@ -689,22 +766,29 @@ class MemoryStore:
                         self.db.executescript(f"PRAGMA incremental_vacuum({min(free, VACUUM_STEP)});")
                     self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                     if free <= VACUUM_STEP:
+                        self._known_size = os.stat(self.path).st_size  # shrunk on purpose, not truncated
                         return
-        except sqlite3.DatabaseError as error:
-            raise MemoryError(f"memory store {self.path}: giving freed space back failed ({error})") from error
 
     def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
+        """The file and its WAL, as the disk holds them."""
+        total = 0
+        for part in (self.path, Path(f"{self.path}-wal")):
+            try:
+                total += part.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
 
     def count(self) -> int:
-        with self._lock:
+        with self._lock, self._failing("reading"):
             return self.db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
 
     # ----- searching -------------------------------------------------------------------------
     def recall(self, query: str = "", since: Optional[float] = None, until: Optional[float] = None,
                camera: str = "", near: Optional[Tuple[float, float, float]] = None, limit: int = 10,
                include_silent: bool = False) -> List[Hit]:
-        """Entries matching the filters, best first: keyword and meaning fused, or newest first."""
+        """Entries matching the filters, best first: keyword and meaning fused (`ranking.rank`; [] when
+        no text matches the query), or newest first without a query."""
         query = query.strip()
         if len(query) > MAX_QUERY_CHARS:
             raise ValueError(f"the query is {len(query)} characters; at most {MAX_QUERY_CHARS}")
@@ -716,7 +800,7 @@ class MemoryStore:
             raise ValueError(f"the radius must be > 0, got {near[2]}")
         if not query and since is None and until is None and not camera and near is None:
             raise ValueError("give a query, a time range, a camera or a place")
-        with self._lock:
+        with self._lock, self._failing("searching"):
             if near is not None and not self.db.execute("SELECT 1 FROM entries_place LIMIT 1").fetchone():
                 raise ValueError("no entry has a pose: set the pose topic (or tf frames) to search by place")
             meta = self._meta()
@@ -730,27 +814,13 @@ class MemoryStore:
             inside = self._inside(filters)
             index = self._index
             rows = None if inside is None else index.rows_of(inside.texts)
-            keyword = index.bm25(query)
-            if rows is None:
-                found = np.flatnonzero(keyword > 0)
-                keyword_rows = found[top(keyword[found], MAX_PROBES)]
-            else:
-                keyword_rows = rows[keyword[rows] > 0]
-                keyword_rows = keyword_rows[np.argsort(-keyword[keyword_rows], kind="stable")]
-            rankings = [index.ids[keyword_rows]]
-            if index.n and (rows is None or len(rows)):
-                query_vector = quantize(self.embedder([query])[0]).astype(np.float32)
-                if rows is None:
-                    rankings.append(self._meaning_texts(query_vector))
-                else:
-                    rankings.append(index.ids[rows[top(index.similarity(query_vector, rows), len(rows))]])
-            want, per_text = limit * 5, max(1, limit // 5)
-            scores: Dict[int, float] = {}
-            for ranked in rankings:
-                for rank, entry_id in enumerate(self._expand(ranked, filters, inside, want, per_text)):
-                    scores[entry_id] = scores.get(entry_id, 0.0) + 1.0 / (RRF_K + rank + 1)
-            best = sorted(scores.items(), key=lambda item: -item[1])[:limit]
-            return self._hits(best)
+            if not index.n or (rows is not None and not len(rows)):
+                return []
+            query_vector = quantize(self.embedder([query])[0]).astype(np.float32)
+            ranked, scores = rank(index, query, query_vector, rows, self.NPROBE, MAX_PROBES)
+            score_of = dict(zip(index.ids[ranked].tolist(), scores.tolist()))
+            found = self._expand(index.ids[ranked].tolist(), filters, inside, limit, max(1, limit // 5))
+            return self._hits(found, score_of)
 
     def _inside(self, filters: "_Filters") -> Optional["_Inside"]:
         """The entries inside narrow filters (see NARROW_MAX), or None when the filters are wide."""
@@ -771,17 +841,6 @@ class MemoryStore:
         rows = self.db.execute(f"SELECT e.id, e.text_id, e.start FROM entries e WHERE {where} LIMIT ?",
                                (*args, NARROW_MAX + 1)).fetchall()
         return _Inside(rows) if len(rows) <= NARROW_MAX else None
-
-    def _meaning_texts(self, query_vector: np.ndarray) -> Iterator[int]:
-        """Text ids by similarity of meaning, best first, fetched in growing pages as the expansion asks."""
-        k, done = 200, 0
-        while done < MAX_PROBES:
-            ranked = self._index.search(query_vector, k, self.NPROBE)
-            for row in ranked[done:]:
-                yield int(self._index.ids[row])
-            if len(ranked) < k:
-                return
-            done, k = len(ranked), 2 * k
 
     def _expand(self, texts: Iterable[int], filters: "_Filters", inside: Optional["_Inside"],
                 want: int, per_text: int) -> List[int]:
@@ -831,14 +890,15 @@ class MemoryStore:
                                np.array([r[2] for r in rows], dtype=np.int32), [r[3] for r in rows])
             self._index_upto = rows[-1][0]
 
-    def _hits(self, scored: List[Tuple[int, float]]) -> List[Hit]:
+    def _hits(self, entry_ids: List[int], score_of_text: Dict[int, float]) -> List[Hit]:
+        """The entries, in this order, each scored as its text."""
         rows = {}
-        for start in range(0, len(scored), 30000):
-            part = [entry_id for entry_id, _ in scored[start:start + 30000]]
+        for start in range(0, len(entry_ids), 30000):
+            part = entry_ids[start:start + 30000]
             rows.update((row[0], row) for row in self.db.execute(
-                f"SELECT {HIT_COLUMNS} FROM entries e JOIN texts t ON t.id = e.text_id WHERE e.id IN "
+                f"SELECT {HIT_COLUMNS}, e.text_id FROM entries e JOIN texts t ON t.id = e.text_id WHERE e.id IN "
                 f"({','.join('?' * len(part))})", part))
-        return [_hit(rows[entry_id], score) for entry_id, score in scored if entry_id in rows]
+        return [_hit(rows[e], score_of_text[rows[e][-1]]) for e in entry_ids if e in rows]
 
 
 HIT_COLUMNS = "e.id, e.camera, e.start, e.end, t.text, e.silent, e.x, e.y, e.z, e.frame"
@@ -881,16 +941,22 @@ class _TextIds(dict):
 
 class _Filters:
     """The WHERE clauses of a query's filters: `indexed` lets SQLite start from the place index
-    (for fetching what is inside the filters); `plain` only tests a row (for probing by text)."""
+    (for fetching what is inside the filters); `plain` only tests a row (for probing by text).
+    A time range holds the entries that overlap it strictly (end > since, start < until): one that
+    only touches a boundary (ends at `since`, starts at `until`) belongs to the range next to it."""
 
     def __init__(self, since, until, camera, near, include_silent, max_span: float):
+        for name, value in (("since", since), ("until", until)) + \
+                ((("x", near[0]), ("y", near[1]), ("radius", near[2])) if near is not None else ()):
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
         clauses, args = [], []
         if since is not None:
             # An entry overlapping [since, ...) started at most max_span before since: a bounded index range.
-            clauses.append("e.end >= ? AND e.start >= ?")
+            clauses.append("e.end > ? AND e.start >= ?")
             args += [since, since - max_span]
         if until is not None:
-            clauses.append("e.start <= ?")
+            clauses.append("e.start < ?")
             args.append(until)
         if camera:
             clauses.append("e.camera = ?")

@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from ..config import EngineConfig, MemoryConfig
 from ..engine.models import LoadedModel
 from ..engine.session import StreamSession
-from .store import MemoryError, MemoryStore
+from .store import MemoryStore, WriterLock, failure
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,14 @@ def local_time(stamp_s: float, with_date: bool = False) -> str:
 
 
 class SummaryStore:
+    """Every sqlite3 or OS error comes out as the store's MemoryError (`store.failure`): which
+    file, what is wrong, what to do. Writing takes the file's writer lock, as the entries do."""
+
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._writer_lock: Optional[WriterLock] = None
+        self.db = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=5.0)
@@ -78,24 +83,36 @@ class SummaryStore:
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
             self.db.commit()
-        except sqlite3.DatabaseError as error:
-            raise MemoryError(f"memory store {self.path}: the summaries table cannot be opened ({error}); if the "
-                              "file is corrupt, move it aside and a new store starts") from error
+        except (sqlite3.Error, OSError) as error:
+            if self.db is not None:
+                self.db.close()
+            raise failure(self.path, error, "opening the summaries table") from error
 
     def close(self) -> None:
         with self._lock:
-            self.db.close()
+            try:
+                self.db.close()
+            except sqlite3.Error:
+                pass  # a broken file: the connection is gone all the same
+            if self._writer_lock is not None:
+                self._writer_lock.release()
+                self._writer_lock = None
 
     def add(self, summary: Summary) -> None:
         with self._lock:
+            if self._writer_lock is None:
+                self._writer_lock = WriterLock(self.path)
             try:
                 self.db.execute("INSERT OR REPLACE INTO summaries(camera, tier, start, end, text, created) "
                                 "VALUES (?,?,?,?,?,?)", (summary.camera, summary.tier, summary.start, summary.end,
                                                          summary.text, time.time()))
                 self.db.commit()
-            except sqlite3.DatabaseError as error:
-                self.db.rollback()
-                raise MemoryError(f"memory store {self.path}: writing a summary failed ({error})") from error
+            except sqlite3.Error as error:
+                try:
+                    self.db.rollback()
+                except sqlite3.Error:
+                    pass
+                raise failure(self.path, error, "writing a summary") from error
 
     def between(self, tier: str, since: Optional[float], until: Optional[float], camera: str = "",
                 limit: int = 1000, with_empty: bool = False) -> List[Summary]:
@@ -113,8 +130,11 @@ class SummaryStore:
         if not with_empty:
             clauses.append("text != ''")
         with self._lock:
-            rows = self.db.execute(f"SELECT camera, tier, start, end, text FROM summaries WHERE {' AND '.join(clauses)} "
-                                   "ORDER BY end DESC LIMIT ?", (*args, limit)).fetchall()
+            try:
+                rows = self.db.execute(f"SELECT camera, tier, start, end, text FROM summaries WHERE "
+                                       f"{' AND '.join(clauses)} ORDER BY end DESC LIMIT ?", (*args, limit)).fetchall()
+            except sqlite3.Error as error:
+                raise failure(self.path, error, "reading summaries") from error
         return [Summary(*row) for row in reversed(rows)]
 
     def latest(self, camera: str, tier: str, count: int) -> List[Summary]:
@@ -122,7 +142,10 @@ class SummaryStore:
 
     def count(self) -> int:
         with self._lock:
-            return self.db.execute("SELECT COUNT(*) FROM summaries").fetchone()[0]
+            try:
+                return self.db.execute("SELECT COUNT(*) FROM summaries").fetchone()[0]
+            except sqlite3.Error as error:
+                raise failure(self.path, error, "reading summaries") from error
 
 
 class SummaryPlanner:

@@ -51,7 +51,8 @@ DESCRIPTIONS: Dict[str, Tuple[str, Optional[Tuple[float, float]]]] = {
     "generation.top_k": ("top-k sampling (-1: off)", (-1, BIG)),
     "generation.repetition_penalty": ("penalty on repeated tokens (1: none)", (0.01, 10.0)),
     "generation.seed": ("sampling seed (-1: unseeded)", (-1, BIG)),
-    "generation.silence_marker": ("an answer ending in this means nothing new: published with silent=true", None),
+    "generation.silence_marker": ("an answer ending in this word (after a space) means nothing new: published with "
+                                  "silent=true", None),
     "generation.ignore_end_of_turn": ("benchmarks: always generate max_new_tokens", None),
     "generation.decode_mode": ("auto, dynamic, static, cuda_graph (see README: How the streaming cache works)", None),
     "prompt.system": ("system prompt", None),
@@ -77,9 +78,11 @@ DESCRIPTIONS: Dict[str, Tuple[str, Optional[Tuple[float, float]]]] = {
     "inference_delay_s": ("testing aid: extra seconds per window, to simulate a slow model", (0.0, 3600.0)),
     "memory.enabled": ("store every described window in the long-term memory (~/recall, ~/ask about the past)",
                        None),
-    "memory.path": ("the memory's SQLite file; empty: $ROS_HOME/svlm/memory.sqlite", None),
+    "memory.path": ("the memory's SQLite file; empty: per node, $ROS_HOME/svlm/<namespace>/<name>/memory.sqlite "
+                    "(one node writes a file: a second writer is refused)", None),
     "memory.retention_days": ("entries older than this are deleted", (0.001, 36500.0)),
-    "memory.max_bytes": ("the oldest entries are deleted while the file is larger", (2**20, 2**62)),
+    "memory.max_bytes": ("the oldest entries are deleted while the file and its WAL are larger (checked after "
+                         "every commit)", (2**20, 2**62)),
     "memory.queue_size": ("windows waiting to be written; when full, new ones are dropped and counted", (1, 10**6)),
     "memory.merge_gap_s": ("a window this close after the last one with the same text extends it", (0.0, 3600.0)),
     "memory.pose_topic": ("the robot's pose, matched to each window by time (empty: none)", None),
@@ -177,11 +180,7 @@ def build_configs(values: Dict[str, Any]) -> Tuple[ModelConfig, EngineConfig, No
     if node.inference_delay_s < 0:
         raise ValueError("inference_delay_s must be >= 0")
     node.memory.validate()
-    if model.dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
-        raise ValueError(f"dtype {model.dtype!r} is not one of auto, float32, bfloat16, float16")
-    if model.attn_implementation not in ("auto", "sdpa", "eager", "flash_attention_2"):
-        raise ValueError(f"attn_implementation {model.attn_implementation!r} is not one of auto, sdpa, eager, "
-                         "flash_attention_2")
+    model.validate()
     return model, engine, node
 
 

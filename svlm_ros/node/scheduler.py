@@ -69,6 +69,7 @@ class Described:
     window: Window
     result: WindowResult
     latency_s: float
+    frame_id: str = ""  # the camera's frame when the window was described: publishing needs no scheduler
 
 
 # Repeated stamps are only worth a warning when they persist; one duplicate is harmless.
@@ -236,9 +237,11 @@ class Scheduler:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._questions: Deque = collections.deque()
+        self._questions_lock = threading.Lock()  # ask() and stop() against each other: no question is left unanswered
         self._idle_jobs: Deque = collections.deque()
         self._thread: Optional[threading.Thread] = None
         self.busy_since: Optional[float] = None
+        self.busy_with = ""  # what the worker is doing, for diagnostics and the shutdown's last log line
         self.last_error: Optional[str] = None
         self._idle = threading.Event()  # set after each piece of work, for wait_idle
         self.worker_restarts = 0
@@ -257,15 +260,22 @@ class Scheduler:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> bool:
-        """Ask the worker to stop and wait; False if it is still busy after `timeout` (it stops after its window)."""
-        self._stop.set()
+        """Ask the worker to stop and wait; False if it is still busy after `timeout` (it stops after the
+        window, question or job in hand, which still publishes). Questions still waiting are answered
+        with an error at once: no worker would take them."""
+        with self._questions_lock:
+            self._stop.set()
+            waiting = list(self._questions)
+            self._questions.clear()
+        for _, _, _, future in waiting:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(RuntimeError("the inference worker stopped (the node is deactivated or "
+                                                  "shutting down) before it reached this question"))
         self._wake.set()
         if self._thread is None:
             return True
         self._thread.join(timeout)
         if self._thread.is_alive():
-            log.warning("the inference worker is still describing a window after %.0f s; it stops when that "
-                        "window ends, and the next activation waits for it", timeout)
             return False
         self._thread = None
         return True
@@ -317,7 +327,12 @@ class Scheduler:
 
     def ask(self, camera: str, question: str, recalled: Sequence[str] = ()) -> "concurrent.futures.Future[Answer]":
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._questions.append((camera, question, tuple(recalled), future))
+        with self._questions_lock:
+            if self._stop.is_set():
+                future.set_exception(RuntimeError("the inference worker is stopped (the node is deactivated or "
+                                                  "shutting down)"))
+                return future
+            self._questions.append((camera, question, tuple(recalled), future))
         self._wake.set()
         return future
 
@@ -350,8 +365,14 @@ class Scheduler:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                if self._questions:
-                    self._answer(*self._questions.popleft())
+                with self._questions_lock:
+                    question = self._questions.popleft() if self._questions else None
+                if question is not None:
+                    self.busy_with = f"a question about {question[0]}"
+                    try:
+                        self._answer(*question)
+                    finally:
+                        self.busy_with = ""
                     continue
                 # Busy from before taking work until its results are handed on (a described window
                 # may queue a summary), so wait_idle never sees empty queues and an idle worker while
@@ -360,13 +381,16 @@ class Scheduler:
                 try:
                     work = self._next_window()
                     if work is not None:
+                        self.busy_with = f"a window of {work[0].name}"
                         self._describe(*work)
                         continue
                     if self._idle_jobs:
+                        self.busy_with = "a background job (summary)"
                         self._run_idle_job(*self._idle_jobs.popleft())
                         continue
                 finally:
                     self.busy_since = None
+                    self.busy_with = ""
                     self._idle.set()
                 self._wake.wait(0.1)
                 self._wake.clear()
@@ -412,7 +436,7 @@ class Scheduler:
         stream.stats.last_cache_tokens = result.cache_tokens
         stream.last_result = result
         try:
-            self.publish(Described(stream.name, window, result, latency))
+            self.publish(Described(stream.name, window, result, latency, stream.frame_id))
         except Exception as error:  # the window was described; one failed publication must not stop the worker
             self.publish_errors += 1
             self.last_error = f"{stream.name}: publishing failed: {error}"
@@ -434,5 +458,8 @@ class Scheduler:
         try:
             future.set_result(job())
         except Exception as error:  # a failed summary must not stop the worker
-            log.exception("a background job (summary) failed")
+            if self._stop.is_set():  # the shutdown closed what the job was using: expected, not a fault
+                log.info("a background job (summary) was cut short by the shutdown: %s", error)
+            else:
+                log.exception("a background job (summary) failed")
             future.set_exception(error)

@@ -5,7 +5,8 @@ import logging
 import struct
 import threading
 import time
-from typing import Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
@@ -34,6 +35,12 @@ COMPRESSED_SUFFIX = "/compressed"  # the image_transport convention
 THROTTLE_S = 5.0
 # Seconds deactivate waits for the worker to finish its window before giving up on it.
 STOP_TIMEOUT_S = 30.0
+# Cleanup polls the worker this often, so that a shutdown arriving meanwhile takes over at once.
+STOP_POLL_S = 0.1
+# Seconds cleanup gives the memory to write what is queued; a shutdown gives what its deadline leaves.
+MEMORY_CLOSE_TIMEOUT_S = 10.0
+# Of a shutdown's deadline, the part kept for closing the memory (the worker gets the rest).
+MEMORY_CLOSE_RESERVE_S = 1.0
 # Image callbacks receive the serialized message and read the stamp first: frames the sampler
 # does not need (four in five from a 10-Hz camera at 2 fps) are never deserialized.
 # docs/benchmarks.md ("Frames heard") has the measurement.
@@ -52,6 +59,16 @@ def peek_header(data: bytes) -> Tuple[float, str]:
     sec, nanosec, length = _CDR_HEADER[0 if data[1] == 1 else 1].unpack_from(data, 4)
     frame_id = bytes(data[16:16 + max(0, length - 1)]).decode("utf-8", "replace") if 16 + length <= len(data) else ""
     return sec + nanosec * 1e-9, frame_id
+
+
+class _Interrupted(Exception):
+    """A configure stopped by the shutdown (Ctrl-C, SIGTERM): expected, so not logged as a failure."""
+
+
+@dataclass
+class ShutdownReport:
+    memory: str  # the memory's part of the last log line
+    abandoned: List[str]  # what had not finished by the deadline: the process leaves without it
 
 
 class _RosLogHandler(logging.Handler):
@@ -116,6 +133,11 @@ class SvlmNode(LifecycleNode):
         self._publish_lock = threading.Lock()
         self._release_lock = threading.RLock()
         self._abort = threading.Event()  # set by main on Ctrl-C: a configure in progress stops early
+        self._closed = False  # shut_down() ran: a configure still in progress leaves everything alone
+        self._configuring = False
+        self.loading_model = False  # inside load_model, which cannot be cut short
+        self._calls_lock = threading.Lock()
+        self._calls_in_flight = 0  # service calls being answered, for the shutdown
         self._throttle: Dict[Tuple[str, str], list] = {}
         self._service_group = ReentrantCallbackGroup()
         self._diagnostics_group = MutuallyExclusiveCallbackGroup()
@@ -141,6 +163,14 @@ class SvlmNode(LifecycleNode):
         return self._configs[2]
 
     def _on_set_parameters(self, params) -> SetParametersResult:
+        try:
+            return self._set_parameters(params)
+        except Exception as error:  # noqa: BLE001 - an exception here would end the executor's spin
+            self.get_logger().error(f"applying the parameter change {sorted(p.name for p in params)} failed: "
+                                    f"{type(error).__name__}: {error}; the node goes on (please report this)")
+            return SetParametersResult(successful=False, reason=f"{type(error).__name__}: {error}")
+
+    def _set_parameters(self, params) -> SetParametersResult:
         # use_sim_time and other rclpy parameters are not ours to check.
         changes = {p.name: p.value for p in params if p.name in self._values}
         if not changes:
@@ -167,29 +197,101 @@ class SvlmNode(LifecycleNode):
             self.get_logger().warning(f"{at_start} changed, but is only read when the node starts: deferred to the "
                                       "next start of the node")
         deferred = sorted(set(changes) - parameters.RUNTIME - parameters.AT_START)
-        if deferred:
-            state = "now, since the node is not configured" if self.scheduler is None else (
-                "at the next configure (deactivate, cleanup, configure, activate to apply them now)")
-            self.get_logger().warning(f"{deferred} changed: deferred, they apply {state}")
+        if deferred and self.scheduler is None and not self._configuring:
+            self.get_logger().info(f"{deferred} set: used by the next configure")
+        elif deferred:
+            self.get_logger().warning(f"{deferred} changed, but the configured model keeps the old value until the "
+                                      "next configure: deactivate, cleanup, configure and activate to apply it")
         return SetParametersResult(successful=True)
 
     def abort_startup(self) -> None:
         """Ctrl-C: a configure in progress stops at its next step (a model load itself cannot be cut short)."""
         self._abort.set()
 
+    @property
+    def shutting_down(self) -> bool:
+        return self._abort.is_set()
+
+    @property
+    def configuring(self) -> bool:
+        return self._configuring
+
     def release(self) -> None:
-        """Stop the worker and drop the model, whatever the lifecycle state; safe to call again."""
+        """Stop the worker and drop the model, whatever the lifecycle state; safe to call again.
+
+        The scheduler and the memory stay until the worker has stopped: the window in hand is still
+        published and reaches the memory. A shutdown arriving meanwhile takes over (shut_down)."""
         with self._release_lock:
             self._describing = False
-            scheduler, self.scheduler = self.scheduler, None
+            scheduler = self.scheduler
             if scheduler is not None:
                 # A worker inside torch when the interpreter exits aborts the process: wait for it.
-                while not scheduler.stop(STOP_TIMEOUT_S):
-                    pass
+                started, warned = time.monotonic(), False
+                while not scheduler.stop(STOP_POLL_S):
+                    if self._abort.is_set():
+                        return
+                    if not warned and time.monotonic() - started > STOP_TIMEOUT_S:
+                        warned = True
+                        self.get_logger().warning(f"the inference worker is still inside "
+                                                  f"{scheduler.busy_with or 'its work'} after {STOP_TIMEOUT_S:.0f} s; "
+                                                  "waiting for it to finish")
+            self.scheduler = None
             memory, self.memory = self.memory, None
             if memory is not None:
-                memory.close()  # after the worker stopped: every described window is committed
+                not_written = memory.close(MEMORY_CLOSE_TIMEOUT_S)
+                if not_written:
+                    self.get_logger().warning(
+                        f"memory: {not_written} queued entries could not be written within "
+                        f"{MEMORY_CLOSE_TIMEOUT_S:.0f} s and are lost (diagnostics memory_write_errors say why)")
             self.loaded = None
+
+    def shut_down(self, deadline: float) -> ShutdownReport:
+        """Ctrl-C or SIGTERM, in any lifecycle state, by `deadline` (time.monotonic()).
+
+        The worker stops after the window, question or summary in hand (a window still reaches the
+        memory), questions still waiting are answered with the reason, and the memory writes what
+        is queued and closes; what has not finished by the deadline is named in the report. Called
+        while the ROS context is valid, so all of it can be logged."""
+        self._abort.set()
+        self._describing = False
+        if not self._release_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return ShutdownReport("left to the lifecycle transition in progress", ["a lifecycle transition"])
+        abandoned = []
+        try:
+            scheduler = self.scheduler
+            if scheduler is not None:
+                doing = scheduler.busy_with
+                if not scheduler.stop(max(0.0, deadline - MEMORY_CLOSE_RESERVE_S - time.monotonic())):
+                    abandoned.append(f"the inference worker (inside {scheduler.busy_with or doing or 'its work'})")
+            memory, self.memory = self.memory, None
+            memory_report = self._close_memory(memory, max(0.5, deadline - time.monotonic()))
+            if not abandoned:
+                self.scheduler = self.loaded = None
+            self._closed = True
+        finally:
+            self._release_lock.release()
+        # Answers already on their way (none can come while the worker they wait for is still busy).
+        while self._calls_in_flight and not abandoned and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self._calls_in_flight:
+            abandoned.append(f"{self._calls_in_flight} service call(s) in progress")
+        if self._configuring:
+            abandoned.append("the model load in progress" if self.loading_model else "the configure in progress")
+        return ShutdownReport(memory_report, abandoned)
+
+    def _close_memory(self, memory: Optional[NodeMemory], timeout: float) -> str:
+        if memory is None:
+            return "not open" if self.node_config.memory.enabled else "off"
+        writer = memory.writer
+        not_written = memory.close(timeout)
+        if writer is None:
+            return f"unavailable ({memory.error})"
+        report = f"{writer.written} entries committed, {not_written} queued entries not written"
+        if writer.dropped:
+            report += f", {writer.dropped} dropped earlier when the queue was full"
+        if writer.lost:
+            report += f", {writer.lost} lost earlier to store errors"
+        return report
 
     def destroy_node(self) -> None:
         logging.getLogger("svlm_ros").removeHandler(self._log_handler)
@@ -200,46 +302,73 @@ class SvlmNode(LifecycleNode):
     # ----- lifecycle --------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         model_config, engine_config, node_config = self.configs
+        self._configuring = True
         try:
             return self._configure(model_config, engine_config, node_config, state)
+        except _Interrupted as interruption:
+            with self._release_lock:  # not while shut_down closes things, nor after it (the node goes away)
+                if not self._closed:
+                    self.get_logger().info(f"configure interrupted {interruption}: shutting down")
+                    self._undo_configure()
+            self.model_status = "not loaded"
+            return TransitionCallbackReturn.FAILURE
         except Exception as error:  # rclpy would swallow it without a log line
             self.model_error = f"configure failed after loading {model_config.model!r}: {type(error).__name__}: {error}"
             self.model_status = "failed"
             self.get_logger().error(self.model_error)
             self._undo_configure()
             return TransitionCallbackReturn.FAILURE
+        finally:
+            self._configuring = False
+
+    def _check_abort(self, where: str) -> None:
+        if self._abort.is_set():
+            raise _Interrupted(where)
 
     def _configure(self, model_config, engine_config, node_config, state) -> TransitionCallbackReturn:
         self.model_status = f"loading {model_config.model}"
         self.get_logger().info(f"loading model {model_config.model!r} on {model_config.device}")
+        self.loading_model = True
         try:
-            self.loaded = load_model(model_config)
+            loaded = load_model(model_config)
         except Exception as error:
+            if self._abort.is_set():
+                raise _Interrupted("while the model loaded") from error
             self.model_error = f"model {model_config.model!r} failed to load: {error}"
             self.model_status = "failed"
             self.get_logger().error(self.model_error)
             return TransitionCallbackReturn.FAILURE
-        self.model_error = None
-        self.model_status = f"loaded {self.loaded.name} on {self.loaded.device} ({self.loaded.dtype})"
-        if self._abort.is_set():
-            raise RuntimeError("interrupted (shutting down)")
+        finally:
+            self.loading_model = False
+        # Each step that starts something runs under the release lock and checks for a shutdown
+        # inside it: either the shutdown finds the step done and undoes it, or the step never starts.
+        with self._release_lock:
+            self._check_abort("after the model loaded")
+            self.loaded = loaded
+            self.model_error = None
+            self.model_status = f"loaded {loaded.name} on {loaded.device} ({loaded.dtype})"
+            self.scheduler = Scheduler(loaded, engine_config, node_config, self._publish, node_config.image_topics)
         if model_config.model in RANDOM_MODELS:
             self.get_logger().warning(f"{model_config.model} has random weights: its descriptions are meaningless "
                                       "words. Set the parameter `model` to a StreamingVLM checkpoint directory.")
-        self.scheduler = Scheduler(self.loaded, engine_config, node_config, self._publish, node_config.image_topics)
         if node_config.warm_up and not self._warm_up():
             return TransitionCallbackReturn.FAILURE
-        if node_config.memory.enabled:
-            self.memory = NodeMemory(self, node_config.memory, self.loaded, engine_config, self.scheduler)
-            if node_config.memory.resume_context:
-                self._resume_context()
-        self._description_pub = self.create_lifecycle_publisher(Description, "~/description", 10)
-        self._text_pub = self.create_lifecycle_publisher(String, "~/text", 10)
-        self._svlm_services = [
-            self.create_service(Ask, "~/ask", self._on_ask, callback_group=self._service_group),
-            self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._service_group),
-            self.create_service(Recall, "~/recall", self._on_recall, callback_group=self._service_group),
-        ]
+        with self._release_lock:
+            self._check_abort("after the warm-up")
+            if node_config.memory.enabled:
+                self.memory = NodeMemory(self, node_config.memory, self.loaded, engine_config, self.scheduler)
+                if node_config.memory.resume_context:
+                    self._resume_context()
+            self._description_pub = self.create_lifecycle_publisher(Description, "~/description", 10)
+            self._text_pub = self.create_lifecycle_publisher(String, "~/text", 10)
+            self._svlm_services = [
+                self.create_service(Ask, "~/ask", self._guarded("~/ask", self._on_ask),
+                                    callback_group=self._service_group),
+                self.create_service(Trigger, "~/reset", self._guarded("~/reset", self._on_reset),
+                                    callback_group=self._service_group),
+                self.create_service(Recall, "~/recall", self._guarded("~/recall", self._on_recall),
+                                    callback_group=self._service_group),
+            ]
         self.get_logger().info("configured")
         return super().on_configure(state)
 
@@ -259,8 +388,7 @@ class SvlmNode(LifecycleNode):
         """One blank window per camera session, so the first real window is not the slow one."""
         self.get_logger().info("warming up")
         for name, stream in self.scheduler.cameras.items():
-            if self._abort.is_set():
-                raise RuntimeError("interrupted during warm-up (shutting down)")
+            self._check_abort("during the warm-up")
             try:
                 seconds = stream.session.warm_up()
             except Exception as error:
@@ -288,11 +416,14 @@ class SvlmNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         node_config = self.node_config
-        try:
-            self.scheduler.start(wait_s=STOP_TIMEOUT_S)
-        except RuntimeError as error:
-            self.get_logger().error(f"cannot activate: {error}")
-            return TransitionCallbackReturn.FAILURE
+        with self._release_lock:
+            if self._abort.is_set():  # the shutdown began: nothing starts any more
+                return TransitionCallbackReturn.FAILURE
+            try:
+                self.scheduler.start(wait_s=STOP_TIMEOUT_S)
+            except RuntimeError as error:
+                self.get_logger().error(f"cannot activate: {error}")
+                return TransitionCallbackReturn.FAILURE
         reliability = ReliabilityPolicy.RELIABLE if node_config.reliable_qos else qos_profile_sensor_data.reliability
         qos = QoSProfile(depth=node_config.qos_depth, reliability=reliability, history=HistoryPolicy.KEEP_LAST,
                          durability=qos_profile_sensor_data.durability)
@@ -317,8 +448,10 @@ class SvlmNode(LifecycleNode):
         for subscription in self._image_subscriptions:
             self.destroy_subscription(subscription)
         self._image_subscriptions = []
-        if self.scheduler is not None:
-            self.scheduler.stop(STOP_TIMEOUT_S)
+        if self.scheduler is not None and not self.scheduler.stop(STOP_TIMEOUT_S):
+            self.get_logger().warning(f"the inference worker is still inside {self.scheduler.busy_with or 'its work'} "
+                                      f"after {STOP_TIMEOUT_S:.0f} s; it stops when that ends, and the next "
+                                      "activation waits for it")
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -335,7 +468,25 @@ class SvlmNode(LifecycleNode):
 
     # ----- data path --------------------------------------------------------------------------
     def _on_serialized(self, topic: str, kind, data: bytes) -> None:
-        stream = self.scheduler.cameras.get(topic) if self.scheduler else None
+        try:
+            self._take_serialized(topic, kind, data)
+        except Exception as error:  # noqa: BLE001 - an exception here would end the executor's spin
+            self._frame_callback_failed(topic, error)
+
+    def _on_image(self, topic: str, msg) -> None:
+        try:
+            self._take_image(topic, msg)
+        except Exception as error:  # noqa: BLE001 - an exception here would end the executor's spin
+            self._frame_callback_failed(topic, error)
+
+    def _frame_callback_failed(self, topic: str, error: Exception) -> None:
+        self._warn(topic, FrameWarning(f"the image callback failed ({type(error).__name__}: {error}); frame dropped, "
+                                       "the node goes on (please report this with the log)", "callback_error"),
+                   error=True)
+
+    def _take_serialized(self, topic: str, kind, data: bytes) -> None:
+        scheduler = self.scheduler
+        stream = scheduler.cameras.get(topic) if scheduler else None
         if not self._describing or stream is None:
             return
         try:
@@ -354,19 +505,20 @@ class SvlmNode(LifecycleNode):
 
         for warning in stream.feed_lazy(stamp, load):
             self._warn(topic, warning)
-        self.scheduler.notify()
+        scheduler.notify()
 
-    def _on_image(self, topic: str, msg) -> None:
-        stream = self.scheduler.cameras.get(topic) if self.scheduler else None
+    def _take_image(self, topic: str, msg) -> None:
+        scheduler = self.scheduler
+        stream = scheduler.cameras.get(topic) if scheduler else None
         if not self._describing or stream is None:
             return
         stamp = to_seconds(msg.header.stamp)
         stream.frame_id = msg.header.frame_id
         for warning in stream.feed(stamp, msg):
             self._warn(topic, warning)
-        self.scheduler.notify()
+        scheduler.notify()
 
-    def _warn(self, camera: str, warning: str) -> None:
+    def _warn(self, camera: str, warning: str, error: bool = False) -> None:
         """A warning throttled per (camera, kind): one camera's repeated warning must not hide another's."""
         key = (camera, getattr(warning, "kind", "other"))
         now = time.monotonic()
@@ -376,7 +528,10 @@ class SvlmNode(LifecycleNode):
             return
         suppressed = f" ({entry[1]} more like it in the last {THROTTLE_S:.0f} s)" if entry[1] else ""
         self._throttle[key] = [now, 0]
-        self.get_logger().warning(f"{camera}: {warning}{suppressed}")
+        if error:  # two call sites: rclpy's logger fixes a call site's severity at its first call
+            self.get_logger().error(f"{camera}: {warning}{suppressed}")
+        else:
+            self.get_logger().warning(f"{camera}: {warning}{suppressed}")
 
     def _publish(self, described: Described) -> None:
         result, window = described.result, described.window
@@ -391,7 +546,7 @@ class SvlmNode(LifecycleNode):
         node_config = self.node_config
         msg = Description()
         msg.header.stamp = to_time_msg(window.end_s)
-        msg.header.frame_id = self.scheduler.cameras[described.camera].frame_id
+        msg.header.frame_id = described.frame_id
         msg.window_start = to_time_msg(window.start_s)
         msg.window_end = to_time_msg(window.end_s)
         msg.camera = described.camera
@@ -408,24 +563,45 @@ class SvlmNode(LifecycleNode):
                     self._text_pub.publish(String(data=result.text))
 
     # ----- services ---------------------------------------------------------------------------
+    def _guarded(self, name: str, handler):
+        """A service callback that cannot end the node: an exception is logged and answered success=false."""
+        def serve(request, response):
+            with self._calls_lock:
+                self._calls_in_flight += 1
+            try:
+                return handler(request, response)
+            except Exception as error:  # noqa: BLE001 - an exception here would end the executor's spin
+                self.get_logger().error(f"{name} failed: {type(error).__name__}: {error}; answered success=false, "
+                                        "the node goes on (if it repeats, please report it with this log)")
+                response.success = False
+                response.message = f"{name} failed inside the node: {type(error).__name__}: {error}"
+                return response
+            finally:
+                with self._calls_lock:
+                    self._calls_in_flight -= 1
+        return serve
+
     def _on_ask(self, request, response):
         response.success = False
-        if self.scheduler is None or not self._describing:
+        scheduler = self.scheduler
+        if scheduler is None or not self._describing:
             response.message = "the node is not active (model not loaded or deactivated)"
             return response
-        cameras = list(self.scheduler.cameras)
+        cameras = list(scheduler.cameras)
         camera = request.camera or cameras[0]
-        if camera not in self.scheduler.cameras:
+        if camera not in scheduler.cameras:
             response.message = f"unknown camera {camera!r}; cameras: {cameras}"
             return response
-        stream = self.scheduler.cameras[camera]
+        stream = scheduler.cameras[camera]
         if stream.last_result is None:
             response.message = f"no video from {camera} yet"
             return response
+        self.get_logger().info(f"~/ask about {camera}: {request.question!r}")
         recollection, note = None, ""
-        if self.memory is not None and self.node_config.memory.ask_entries > 0:
-            recollection, note = self.memory.recollect(request.question, stream.last_result.end_s)
-        future = self.scheduler.ask(camera, request.question, recollection.lines if recollection else ())
+        memory = self.memory
+        if memory is not None and self.node_config.memory.ask_entries > 0:
+            recollection, note = memory.recollect(request.question, stream.last_result.end_s)
+        future = scheduler.ask(camera, request.question, recollection.lines if recollection else ())
         try:
             answer = future.result(timeout=self.node_config.ask_timeout_s)
         except TimeoutError:
@@ -444,24 +620,34 @@ class SvlmNode(LifecycleNode):
         return response
 
     def _on_recall(self, request, response):
-        if self.memory is None:
+        memory = self.memory
+        if memory is None:
             response.success = False
             response.message = ("the long-term memory is off (memory.enabled is false)" if self.scheduler is not None
                                 else "the node is not configured")
             return response
-        response.success, response.message, response.entries = self.memory.recall(request)
+        response.success, response.message, response.entries = memory.recall(request)
         return response
 
     def _on_reset(self, request, response):
-        if self.scheduler is None:
+        scheduler = self.scheduler
+        if scheduler is None:
             response.success, response.message = False, "the node is not configured"
             return response
-        self.scheduler.reset()
+        scheduler.reset()
         response.success, response.message = True, "every camera starts a fresh stream with its next frame"
         return response
 
     # ----- diagnostics ------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
+        try:
+            self._diagnose()
+        except Exception as error:  # noqa: BLE001 - an exception here would end the executor's spin
+            self._warn("diagnostics", FrameWarning(f"composing the diagnostics failed ({type(error).__name__}: "
+                                                   f"{error}); the node goes on (please report this)", "diagnostics"),
+                       error=True)
+
+    def _diagnose(self) -> None:
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         model = DiagnosticStatus(name=f"{self.get_name()}: model", hardware_id=self.get_name())
@@ -477,7 +663,9 @@ class SvlmNode(LifecycleNode):
                 model.message = f"the inference worker died and was restarted: {scheduler.last_error}"
             model.values += [KeyValue(key="worker_alive", value=str(scheduler.worker_alive())),
                              KeyValue(key="worker_restarts", value=str(scheduler.worker_restarts)),
-                             KeyValue(key="publish_errors", value=str(scheduler.publish_errors))]
+                             KeyValue(key="publish_errors", value=str(scheduler.publish_errors)),
+                             KeyValue(key="worker_busy_with", value=scheduler.busy_with),
+                             KeyValue(key="background_jobs_waiting", value=str(scheduler.idle_jobs_waiting))]
             if scheduler.last_error:
                 model.values.append(KeyValue(key="last_window_error", value=scheduler.last_error))
         array.status.append(model)
@@ -490,6 +678,10 @@ class SvlmNode(LifecycleNode):
             elif memory.summaries_behind or (memory.writer is not None and memory.writer.dropped):
                 status.level = DiagnosticStatus.WARN
                 status.message = "falling behind: summaries waiting for an idle model, or writes dropped"
+            elif memory.moved_aside is not None:
+                status.level = DiagnosticStatus.WARN
+                status.message = (f"remembering in a new store: the corrupt file found at configure was moved aside to "
+                                  f"{memory.moved_aside} (sqlite3 OLD .recover may save what it held)")
             else:
                 status.level, status.message = DiagnosticStatus.OK, "remembering"
             status.values = [KeyValue(key=k, value=str(v)) for k, v in memory.status_values().items()]

@@ -34,7 +34,7 @@ import torch
 
 from ..config import EngineConfig, MemoryConfig, NodeConfig
 from ..engine.models import RANDOM_MODELS, LoadedModel, load_model
-from ..memory.store import Entry, MemoryStore
+from ..memory.store import Entry, MemoryStore, WriterLock
 from ..memory.summaries import SummaryJob, SummaryModel, SummaryPlanner, SummaryStore, Summarizer
 from ..memory.writer import MemoryWriter
 from ..node.scheduler import Described, Scheduler
@@ -68,6 +68,8 @@ class StoreFiller:
                  scheduler: Scheduler):
         self.path = path
         self.scheduler = scheduler
+        # One writer a file: a node (or another replay) writing it refuses this one, with its pid and name.
+        self.lock = WriterLock(path, "svlm replay")
         self.writer = MemoryWriter(lambda: MemoryStore(path, config), config.queue_size)
         self.planner = SummaryPlanner(config)
         self.summarizer: Optional[Summarizer] = None
@@ -101,6 +103,7 @@ class StoreFiller:
                      self.summarizer.done + self.summarizer.empty)
             self.summarizer.store.close()
             self.summarizer.summaries.close()
+        self.lock.release()
 
 
 class MemorySampler:
