@@ -137,6 +137,44 @@ def test_a_full_disk_keeps_the_batch_and_the_error_clears_when_room_returns(tmp_
         writer.close()
 
 
+@pytest.fixture
+def small_file_system(tmp_path):
+    """A 2-MiB tmpfs: a real ENOSPC from the kernel (needs root, as CI runs; skipped, and reported so, elsewhere)."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); the max_page_count "
+                    "test above covers the same path through SQLite")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_real_full_file_system_is_waited_out_and_nothing_is_lost(small_file_system):
+    path = small_file_system / "memory.sqlite"
+    writer = MemoryWriter(lambda: MemoryStore(path, MemoryConfig(), Hashed()), batch=16)
+    filler = small_file_system / "filler"
+    try:
+        assert writer.flush(timeout=120)
+        with open(filler, "wb") as handle:  # fill the file system to the last block
+            with pytest.raises(OSError):
+                while True:
+                    handle.write(b"\0" * 65536)
+                    handle.flush()
+        for entry in entries(40, words="y" * 2000):
+            writer.offer(entry)
+        wait_for(lambda: writer.errors >= 2, timeout=120)  # tried, and tried again
+        assert writer.written == 0 and writer.lost == 0 and str(path) in writer.last_error
+        filler.unlink()
+        assert writer.flush(timeout=120, embedded=False)
+        assert writer.written == 40 and writer.lost == 0 and writer.dropped == 0 and writer.last_error is None
+    finally:
+        assert writer.close(5) == 0
+
+
 def test_two_connections_never_take_the_same_text_id(tmp_path):
     path = tmp_path / "memory.sqlite"
     stores = [MemoryStore(path, MemoryConfig(), Hashed()) for _ in range(2)]
