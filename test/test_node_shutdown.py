@@ -179,7 +179,10 @@ def _reach_question(node, robot):
 
 def _reach_summary(node, robot):
     node.wait_for_line("describing")
-    robot.start_camera(seconds=5.0)  # two summary periods of 3 s; then the camera stops and the model is idle
+    # Four summary periods of 3 s: a period whose windows were all skipped (a loaded machine) or
+    # silent has nothing to summarize, so one period alone may never show a summary running. Each
+    # summary runs when the worker is idle: between windows, and once the camera stops.
+    robot.start_camera(seconds=12.0)
     wait_until(lambda: robot.value("worker_busy_with") == "a background job (summary)", "a summary running")
 
 
