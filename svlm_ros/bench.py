@@ -12,6 +12,10 @@ Strategies, run one after another in this process on the same synthetic video:
   full       no eviction at all, until --baseline-seconds, --full-token-limit, --full-memory-limit-mib
              or out of memory.
 Decoding is forced to exactly --tokens tokens per second so every strategy does the same work.
+
+--cameras N [N ...] measures something else instead: N cameras through one model, batched
+(engine/batch.py: one vision call, per-stream prefill, batched decode) against the same N
+streams stepped one after another (round-robin), per second of video, stages split.
 """
 from __future__ import annotations
 
@@ -29,10 +33,11 @@ import numpy as np
 import torch
 
 from .config import DECODE_MODES, CachePolicy, EngineConfig, ModelConfig
+from .engine.batch import StreamBatch, StreamWindow
 from .engine.kv_cache import rotate_keys
 from .engine.models import load_model
 from .engine.segments import Kind
-from .engine.session import StreamSession
+from .engine.session import StreamSession, WindowResult
 from .synthetic import moving_shapes
 
 log = logging.getLogger("svlm.bench")
@@ -62,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full-memory-limit-mib", type=float, default=None,
                         help="stop `full` once its peak memory (CUDA max allocated, or process RSS on CPU) passes this")
     parser.add_argument("--time-limit-s", type=float, default=900.0, help="stop a baseline after this long")
+    parser.add_argument("--cameras", type=int, nargs="+", default=None, metavar="N",
+                        help="instead of the strategies: N cameras batched against N round-robin, for each N")
+    parser.add_argument("--camera-seconds", type=int, default=20, help="seconds of video per camera run")
 
 
 def rss_bytes() -> int:
@@ -261,11 +269,90 @@ def plot(results, path):
     plt.close(figure)
 
 
+CAMERA_STAGES = ("vision_s", "prefill_s", "decode_s")
+
+
+def camera_config(args) -> EngineConfig:
+    config = EngineConfig()
+    config.frames.fps = args.fps
+    config.generation.max_new_tokens = args.tokens
+    config.generation.ignore_end_of_turn = True
+    config.generation.seed = 0
+    config.generation.decode_mode = args.decode
+    return config
+
+
+def camera_frames(camera: int, second: int, args, frames_per_window: int):
+    """Camera `camera`'s frames for one second: the same scene, each camera 17 s apart in it."""
+    return [moving_shapes(17 * camera + second + i / frames_per_window, args.height, args.width)
+            for i in range(frames_per_window)]
+
+
+def run_cameras(loaded, args, cameras: int) -> dict:
+    """Per-second stage costs of `cameras` streams, batched and round-robin (summed over cameras).
+
+    The two run second by second in turns (the order alternating), so that a machine whose load
+    changes during the run weighs on both alike."""
+    configs = [camera_config(args) for _ in range(cameras)]
+    frames_per_window = configs[0].frames.frames_per_window
+    batch = StreamBatch(loaded, configs)
+    sessions = [StreamSession(loaded, config) for config in configs]
+    record = {mode: {stage: [] for stage in CAMERA_STAGES} for mode in ("round-robin", "batched")}
+    for second in range(args.camera_seconds):
+        windows = [StreamWindow(camera_frames(c, second, args, frames_per_window), float(second), second + 1.0)
+                   for c in range(cameras)]
+        for mode in (("batched", "round-robin") if second % 2 else ("round-robin", "batched")):
+            if mode == "batched":
+                results = batch.step(windows)
+                failed = [r for r in results if not isinstance(r, WindowResult)]
+                if failed:
+                    raise RuntimeError(f"a camera's window failed in the benchmark: {failed[0]!r}")
+                costs = {stage: getattr(results[0], stage) for stage in CAMERA_STAGES}  # the whole step's
+            else:
+                results = [s.step(w.frames, w.start_s, w.end_s) for s, w in zip(sessions, windows)]
+                costs = {stage: sum(getattr(r, stage) for r in results) for stage in CAMERA_STAGES}
+            for stage in CAMERA_STAGES:
+                record[mode][stage].append(costs[stage])
+    return record
+
+
+def run_camera_comparison(loaded, args, out: Path) -> int:
+    rows = []
+    for cameras in args.cameras:
+        log.info("%d camera(s), batched and round-robin, %d s", cameras, args.camera_seconds)
+        records = run_cameras(loaded, args, cameras)
+        for mode, record in records.items():
+            row = {"cameras": cameras, "mode": mode}
+            row.update({stage: steady(record[stage], fraction=0.5) for stage in CAMERA_STAGES})
+            row["total_s"] = sum(row[stage] for stage in CAMERA_STAGES)
+            rows.append(row)
+    header = (f"{'cameras':>7} {'mode':<12} {'vision s':>9} {'prefill s':>9} {'decode s':>9} {'total s':>8} "
+              f"{'batched/rr':>10}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        other = next(r for r in rows if r["cameras"] == row["cameras"] and r["mode"] == "round-robin")
+        ratio = row["total_s"] / other["total_s"]
+        row["over_round_robin"] = ratio
+        print(f"{row['cameras']:>7} {row['mode']:<12} {row['vision_s']:>9.3f} {row['prefill_s']:>9.3f} "
+              f"{row['decode_s']:>9.3f} {row['total_s']:>8.3f} {ratio:>9.2f}x")
+    config = {"model": args.config or args.model, "width": args.width, "height": args.height, "fps": args.fps,
+              "tokens_per_second": args.tokens, "camera_seconds": args.camera_seconds,
+              "torch_threads": torch.get_num_threads(), "dtype": str(loaded.dtype),
+              "device": str(loaded.device), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "torch": torch.__version__}
+    (out / "bench-cameras.json").write_text(json.dumps({"rows": rows, "config": config}, indent=1))
+    log.info("wrote %s", out / "bench-cameras.json")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     loaded = load_model(ModelConfig(model=args.model, random_config=args.config, device=args.device,
                                     dtype=args.dtype, attn_implementation=args.attn))
+    if args.cameras:
+        return run_camera_comparison(loaded, args, out)
     results = {}
     for name in args.strategies:
         seconds = args.seconds if name == "streaming" else args.baseline_seconds

@@ -14,16 +14,24 @@
 
 All three feed the same tokens at the same positions, so they leave the same cache (test:
 test_engine_oracle.py runs the oracle against dynamic and static).
+
+Batches (a StreamBatch's streams, one row each of a BatchedKVCache): one forward per token for
+all the streams still answering, inputs (rows, 1, hidden), position_ids (3, rows, 1) and a 4-D
+additive mask of each row's live slots; row b's new key/value go to row b's own slot. Dynamic
+runs the smallest contiguous range of rows still answering, over the slots the longest of them
+uses (a finished row inside the range is fed a dead token whose key/value land past its end and
+are dropped); static and cuda_graph always run every row over the whole buffer, so that shapes
+stay fixed (one graph per batch size).
 """
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 from ..config import DECODE_MODES
-from .kv_cache import StreamingKVCache
+from .kv_cache import BatchedKVCache, StreamingKVCache
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +99,19 @@ class DynamicDecoder(_Decoder):
 
 
 class StaticDecoder(_Decoder):
-    """Fixed-shape decode steps over the whole buffer; optionally captured as a CUDA graph."""
+    """Fixed-shape decode steps over the whole buffer; optionally captured as a CUDA graph.
 
-    def __init__(self, language_model, lm_head, embed, device: torch.device, use_cuda_graph: bool):
+    `rows` > 1: the batched form (BatchStaticDecoder), one row per stream."""
+
+    def __init__(self, language_model, lm_head, embed, device: torch.device, use_cuda_graph: bool, rows: int = 1):
         self._language_model = language_model
         self._lm_head = lm_head
         self._embed = embed
         self.use_cuda_graph = use_cuda_graph
         self.queues_ahead = device.type == "cuda"  # queue step n+1 before reading token n back
-        self._token = torch.zeros(1, dtype=torch.long, device=device)
-        self._slot = torch.zeros(1, dtype=torch.long, device=device)
-        self._position = torch.zeros(3, 1, 1, dtype=torch.long, device=device)
+        self._token = torch.zeros(rows, dtype=torch.long, device=device)
+        self._slot = torch.zeros(rows, dtype=torch.long, device=device)
+        self._position = torch.zeros(3, rows, 1, dtype=torch.long, device=device)
         self._slots: Optional[torch.Tensor] = None  # arange(capacity), for the live-slot mask
         self._graph = None
         self._graph_key = None
@@ -113,14 +123,23 @@ class StaticDecoder(_Decoder):
 
     def begin(self, cache: StreamingKVCache, position: int, budget: int) -> None:
         super().begin(cache, position, budget)
-        self._dtype = cache.layers[0].dtype
-        cache.reserve(self._start + budget + 1)  # + 1: the capture check writes one slot further
-        if self._slots is None or self._slots.shape[0] != cache.capacity:
-            self._slots = torch.arange(cache.capacity, device=self._token.device)
+        self._prepare(cache, self._start + budget + 1)  # + 1: the capture check writes one slot further
         self._slot.fill_(self._start)
         self._position.fill_(position)
-        if self.use_cuda_graph and self._graph_key != cache.buffers_key():
+        self._capture_if_needed()
+
+    def _prepare(self, cache, needed: int) -> None:
+        self._dtype = cache.layers[0].dtype
+        cache.reserve(needed)
+        if self._slots is None or self._slots.shape[0] != cache.capacity:
+            self._slots = torch.arange(cache.capacity, device=self._token.device)
+
+    def _capture_if_needed(self) -> None:
+        if self.use_cuda_graph and self._graph_key != self._cache.buffers_key():
             self._capture()
+
+    def _writes(self):
+        return self._cache.static_writes(self._slot)
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
         self._token.copy_(token)
@@ -131,18 +150,19 @@ class StaticDecoder(_Decoder):
 
     def _run(self) -> torch.Tensor:
         # Additive, in the model's dtype: the form both sdpa and eager attention add to scores.
-        dead = torch.full((1, 1, 1, self._slots.shape[0]), torch.finfo(self._dtype).min, dtype=self._dtype,
+        rows = self._slot.shape[0]
+        dead = torch.full((rows, 1, 1, self._slots.shape[0]), torch.finfo(self._dtype).min, dtype=self._dtype,
                           device=self._slots.device)
-        live = dead.masked_fill((self._slots <= self._slot).view(1, 1, 1, -1), 0.0)
-        with self._cache.static_writes(self._slot):
+        live = dead.masked_fill((self._slots[None, :] <= self._slot[:, None]).view(rows, 1, 1, -1), 0.0)
+        with self._writes():
             output = self._language_model(
-                inputs_embeds=self._embed(self._token)[None], position_ids=self._position,
+                inputs_embeds=self._embed(self._token)[:, None], position_ids=self._position,
                 attention_mask=live, cache=self._cache, use_cache=True,
             )
-        logits = self._lm_head(output.last_hidden_state[0, -1])
+        logits = self._lm_head(output.last_hidden_state[:, -1])
         self._slot.add_(1)
         self._position.add_(1)
-        return logits
+        return logits[0] if rows == 1 and not isinstance(self._cache, BatchedKVCache) else logits
 
     def _capture(self) -> None:
         self._graph = None
@@ -183,3 +203,73 @@ class StaticDecoder(_Decoder):
             log.info("captured the decode step as a CUDA graph over %d cache slots", self._cache.capacity)
         finally:
             rewind()
+
+
+class BatchDynamicDecoder:
+    """Batched dynamic steps: the rows still answering, over the slots the longest of them uses."""
+
+    mode = "dynamic"
+
+    def __init__(self, language_model, lm_head, embed, device: torch.device):
+        self._language_model = language_model
+        self._lm_head = lm_head
+        self._embed = embed
+        self._device = device
+
+    def begin(self, cache: BatchedKVCache, starts: Sequence[int], positions: Sequence[int], budget: int) -> None:
+        """Row b's first token goes to slot starts[b] at RoPE position positions[b]."""
+        self._cache = cache
+        self._starts_host = list(starts)
+        self._starts = torch.tensor(starts, dtype=torch.long, device=self._device)
+        self._positions = torch.tensor(positions, dtype=torch.long, device=self._device)
+        self._steps = 0
+        cache.reserve(max(starts) + budget + 1)
+        self._slot_range = torch.arange(cache.capacity, device=self._device)
+
+    def step(self, tokens: torch.Tensor, live: slice) -> Tuple[torch.Tensor, slice]:
+        """Feed tokens[b] to every row b in `live`; returns their logits (rows, vocab) and the rows run."""
+        slots = self._starts[live] + self._steps
+        kv_length = max(self._starts_host[live]) + self._steps + 1
+        rows = slots.shape[0]
+        dtype = self._cache.dtype
+        dead = torch.full((rows, 1, 1, kv_length), torch.finfo(dtype).min, dtype=dtype, device=self._device)
+        mask = dead.masked_fill((self._slot_range[None, :kv_length] <= slots[:, None]).view(rows, 1, 1, -1), 0.0)
+        positions = (self._positions[live] + self._steps).view(1, rows, 1).expand(3, rows, 1)
+        with self._cache.batch_writes(slots, live, kv_length):
+            output = self._language_model(
+                inputs_embeds=self._embed(tokens[live])[:, None], position_ids=positions,
+                attention_mask=mask, cache=self._cache, use_cache=True,
+            )
+        self._steps += 1
+        return self._lm_head(output.last_hidden_state[:, -1]), live
+
+    def end(self, fed: Sequence[int]) -> None:
+        """fed[b]: how many decoded tokens row b keeps (steps beyond are dropped)."""
+        for row, (start, count) in enumerate(zip(self._starts_host, fed, strict=True)):
+            self._cache.row(row).set_length(start + count)
+
+
+class BatchStaticDecoder(StaticDecoder):
+    """Batched static (and cuda_graph) steps: every row, over the whole buffer, fixed shapes."""
+
+    def __init__(self, language_model, lm_head, embed, device: torch.device, use_cuda_graph: bool, rows: int):
+        super().__init__(language_model, lm_head, embed, device, use_cuda_graph, rows=rows)
+
+    def begin(self, cache: BatchedKVCache, starts: Sequence[int], positions: Sequence[int], budget: int) -> None:
+        self._cache = cache
+        self._starts_host = list(starts)
+        self._prepare(cache, max(starts) + budget + 1)
+        self._slot.copy_(torch.tensor(starts, dtype=torch.long))
+        self._position.copy_(torch.tensor(positions, dtype=torch.long).view(1, -1, 1).expand(3, -1, 1))
+        self._capture_if_needed()
+
+    def _writes(self):
+        return self._cache.batch_writes(self._slot)
+
+    def step(self, tokens: torch.Tensor, live: slice) -> Tuple[torch.Tensor, slice]:
+        """Feed tokens[b] to every row (finished rows too: fixed shapes); returns (rows, vocab) logits."""
+        return super().step(tokens), slice(0, self._slot.shape[0])
+
+    def end(self, fed: Sequence[int]) -> None:
+        for row, (start, count) in enumerate(zip(self._starts_host, fed, strict=True)):
+            self._cache.row(row).set_length(start + count)

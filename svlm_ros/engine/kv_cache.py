@@ -10,6 +10,7 @@ every decoded token). The rotation runs in float32 and rounds once back to the c
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import List, Optional
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
@@ -31,8 +32,49 @@ def rotate_keys(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor)
     return rotated.to(keys.dtype)
 
 
+class KVStorage:
+    """One layer's key and value buffers, (rows, heads, capacity, head_dim): one row per stream.
+
+    A single stream has one row; a StreamBatch's streams sit side by side in the rows of one
+    buffer, so that a batched decode step attends to all of them without copying. Every row has
+    the same capacity; growth (by doubling) reallocates all rows at once."""
+
+    def __init__(self, rows: int = 1, initial_capacity: int = 1024):
+        self.rows = rows
+        self.initial_capacity = initial_capacity
+        self.keys = None
+        self.values = None
+
+    @property
+    def is_initialized(self) -> bool:
+        return self.keys is not None
+
+    def initialize(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        _, heads, _, head_dim = key_states.shape
+        self.keys = key_states.new_zeros((self.rows, heads, self.initial_capacity, head_dim))
+        self.values = value_states.new_zeros((self.rows, heads, self.initial_capacity, value_states.shape[-1]))
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def reserve(self, needed: int) -> None:
+        if needed <= self.capacity:
+            return
+        capacity = max(self.capacity, 1)
+        while capacity < needed:
+            capacity *= 2
+        # Whole old buffers are copied: a row's live length is its layer's business, and
+        # doubling is rare enough that copying the dead slots too costs nothing that matters.
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = old.new_zeros(old.shape[:2] + (capacity,) + old.shape[3:])
+            new[:, :, : old.shape[2]] = old
+            setattr(self, name, new)
+
+
 class StreamingKVLayer(CacheLayerMixin):
-    """One layer's keys and values in buffers that grow by doubling and are compacted in place.
+    """One stream's keys and values in one layer: row `row` of a KVStorage, compacted in place.
 
     Two ways to append: `update` appends after `length` and returns exactly the cached tokens
     (shapes change every token); in static mode (`static_slot` set, see decoding.py) it writes at
@@ -43,37 +85,41 @@ class StreamingKVLayer(CacheLayerMixin):
     is_sliding = False
     is_compileable = False
 
-    def __init__(self, initial_capacity: int = 1024):
+    def __init__(self, initial_capacity: int = 1024, storage: Optional[KVStorage] = None, row: int = 0):
         super().__init__()
-        self.initial_capacity = initial_capacity
+        self.storage = storage if storage is not None else KVStorage(1, initial_capacity)
+        self.row = row
         self.length = 0
         self.static_slot = None  # (1,) long tensor: the slot the next token's key/value go to
-        self._key_buffer = None
-        self._value_buffer = None
+        self.is_initialized = self.storage.is_initialized
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self.dtype, self.device = key_states.dtype, key_states.device
-        batch, heads, _, head_dim = key_states.shape
-        shape = (batch, heads, self.initial_capacity, head_dim)
-        self._key_buffer = key_states.new_zeros(shape)
-        self._value_buffer = value_states.new_zeros(shape[:-1] + (value_states.shape[-1],))
+        if not self.storage.is_initialized:
+            self.storage.initialize(key_states, value_states)
         self.is_initialized = True
 
     @property
+    def dtype(self) -> torch.dtype:
+        return self.storage.keys.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.storage.keys.device
+
+    @property
+    def _key_buffer(self) -> torch.Tensor:  # this stream's row, (1, heads, capacity, head_dim): a view
+        return self.storage.keys[self.row : self.row + 1]
+
+    @property
+    def _value_buffer(self) -> torch.Tensor:
+        return self.storage.values[self.row : self.row + 1]
+
+    @property
     def capacity(self) -> int:
-        return 0 if self._key_buffer is None else self._key_buffer.shape[2]
+        return self.storage.capacity
 
     def reserve(self, needed: int) -> None:
-        if needed <= self.capacity:
-            return
-        capacity = max(self.capacity, 1)
-        while capacity < needed:
-            capacity *= 2
-        for name in ("_key_buffer", "_value_buffer"):
-            old = getattr(self, name)
-            new = old.new_zeros(old.shape[:2] + (capacity,) + old.shape[3:])
-            new[:, :, : self.length] = old[:, :, : self.length]
-            setattr(self, name, new)
+        self.storage.reserve(needed)
 
     def _publish_views(self) -> None:
         self.keys = self._key_buffer[:, :, : self.length]
@@ -96,8 +142,9 @@ class StreamingKVLayer(CacheLayerMixin):
 
     def compact(self, commit: Commit, source: torch.Tensor, delta, inv_freq: torch.Tensor) -> None:
         """Gather the kept tokens from `source` slots; rotate their keys by `delta` (None: unmoved)."""
-        if not self.is_initialized:
+        if not self.storage.is_initialized:
             return
+        self.is_initialized = True
         start = commit.keep_from
         if source.numel():
             moved_keys = self._key_buffer.index_select(2, source)
@@ -126,15 +173,21 @@ class StreamingKVLayer(CacheLayerMixin):
 
     def reset(self) -> None:
         self.length = 0
-        if self.is_initialized:
+        if self.storage.is_initialized:
             self._publish_views()
 
 
 class StreamingKVCache(Cache):
     """The model-facing cache (a transformers `Cache`), driven by the segment table's commits."""
 
-    def __init__(self, num_layers: int, inv_freq: torch.Tensor, initial_capacity: int = 1024):
-        super().__init__(layers=[StreamingKVLayer(initial_capacity) for _ in range(num_layers)])
+    def __init__(self, num_layers: int, inv_freq: torch.Tensor, initial_capacity: int = 1024,
+                 storages: Optional[List[KVStorage]] = None, row: int = 0):
+        """`storages` (one per layer, shared by a StreamBatch's streams): this stream is their row `row`."""
+        if storages is None:
+            storages = [KVStorage(1, initial_capacity) for _ in range(num_layers)]
+        if len(storages) != num_layers:
+            raise ValueError(f"{len(storages)} KV storages for {num_layers} layers")
+        super().__init__(layers=[StreamingKVLayer(storage=storage, row=row) for storage in storages])
         self.inv_freq = inv_freq
 
     def apply(self, commit: Commit) -> None:
@@ -159,7 +212,7 @@ class StreamingKVCache(Cache):
     def reserve(self, needed: int) -> None:
         """Grow every layer's buffers (by doubling) to hold `needed` tokens; needs a first prefill."""
         for layer in self.layers:
-            if not layer.is_initialized:
+            if not layer.storage.is_initialized:
                 raise RuntimeError("reserve() before the first forward: the cache's dtype and shapes are not known")
             layer.reserve(needed)
 
@@ -180,5 +233,105 @@ class StreamingKVCache(Cache):
 
     def memory_bytes(self) -> int:
         return sum(
-            layer._key_buffer.nbytes + layer._value_buffer.nbytes for layer in self.layers if layer.is_initialized
+            layer._key_buffer.nbytes + layer._value_buffer.nbytes
+            for layer in self.layers if layer.storage.is_initialized
         )
+
+
+class BatchDecodeLayer(CacheLayerMixin):
+    """A batched decode step's view of one layer: rows of a KVStorage, each row's new key/value
+    written at that row's own slot. Returns the rows' first `kv_length` slots (all when None);
+    the step's attention mask says which of them are live in each row."""
+
+    is_sliding = False
+    is_compileable = False
+
+    def __init__(self, storage: KVStorage):
+        super().__init__()
+        self.storage = storage
+        self.is_initialized = True
+        self.rows = slice(0, storage.rows)
+        self.row_index = None  # arange over the step's rows, (rows,)
+        self.slots = None  # (rows,) long tensor: each row's slot for the new token
+        self.kv_length = None
+
+    def lazy_initialization(self, key_states, value_states) -> None:
+        raise RuntimeError("a batched decode step needs every stream's prompt prefilled first")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.storage.keys.dtype
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        keys, values = self.storage.keys[self.rows], self.storage.values[self.rows]
+        keys[self.row_index, :, self.slots] = key_states[:, :, 0]
+        values[self.row_index, :, self.slots] = value_states[:, :, 0]
+        if self.kv_length is None:
+            return keys, values
+        return keys[:, :, : self.kv_length], values[:, :, : self.kv_length]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.storage.capacity if self.kv_length is None else self.kv_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.storage.capacity if self.kv_length is None else self.kv_length
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+class BatchedKVCache(Cache):
+    """Several streams' caches side by side, one row each in every layer's buffers.
+
+    `row(b)` is stream b's own StreamingKVCache (its segment table's commits, prefill, questions
+    and trimming act on that row alone); this object is the model-facing cache of a batched decode
+    step over rows `rows`, each writing at its own slot (`batch_writes`)."""
+
+    def __init__(self, num_layers: int, inv_freq: torch.Tensor, rows: int, initial_capacity: int = 1024):
+        storages = [KVStorage(rows, initial_capacity) for _ in range(num_layers)]
+        super().__init__(layers=[BatchDecodeLayer(storage) for storage in storages])
+        self.inv_freq = inv_freq
+        self.storages = storages
+        self.rows = rows
+        self.row_caches = [StreamingKVCache(num_layers, inv_freq, storages=storages, row=row) for row in range(rows)]
+
+    def row(self, index: int) -> StreamingKVCache:
+        return self.row_caches[index]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.storages[0].keys.dtype
+
+    @property
+    def capacity(self) -> int:
+        return min(storage.capacity for storage in self.storages)
+
+    def lengths(self) -> List[int]:
+        return [cache.get_seq_length() for cache in self.row_caches]
+
+    def reserve(self, needed: int) -> None:
+        for storage in self.storages:
+            if not storage.is_initialized:
+                raise RuntimeError("reserve() before the first forward: the cache's dtype and shapes are not known")
+            storage.reserve(needed)
+
+    def buffers_key(self) -> tuple:
+        """Identifies the buffers' addresses: a captured CUDA graph is valid while this is unchanged."""
+        return tuple(storage.keys.data_ptr() for storage in self.storages) + (self.capacity, self.rows)
+
+    @contextmanager
+    def batch_writes(self, slots: torch.Tensor, rows: Optional[slice] = None, kv_length: Optional[int] = None):
+        """Within: rows `rows` (all by default) write their new token at `slots` (one per row);
+        attention sees their first `kv_length` slots (all when None)."""
+        rows = rows if rows is not None else slice(0, self.rows)
+        row_index = torch.arange(rows.stop - rows.start, device=slots.device)
+        for layer in self.layers:
+            layer.rows, layer.row_index, layer.slots, layer.kv_length = rows, row_index, slots, kv_length
+        try:
+            yield self
+        finally:
+            for layer in self.layers:
+                layer.row_index = layer.slots = None
+
+    def memory_bytes(self) -> int:
+        return sum(storage.keys.nbytes + storage.values.nbytes for storage in self.storages if storage.is_initialized)

@@ -80,8 +80,35 @@ class _Timer:
             torch.cuda.synchronize(self.device)
 
 
+@dataclass
+class _Window:
+    """A checked and preprocessed window, not yet part of the stream."""
+    vision_input: VisionInput
+    start_s: float
+    end_s: float
+    user_text: Optional[str]
+
+
+@dataclass
+class _Answering:
+    """An answer being decoded: `token` was drawn and is not yet fed."""
+    limit: int
+    banned: Optional[int]
+    force_length: bool
+    token: torch.Tensor
+    generated: List[int] = field(default_factory=list)
+    truncated: bool = False
+
+    @property
+    def fed(self) -> int:
+        """Decoded tokens fed to the cache: every word, except the last one when the limit cut the answer."""
+        return len(self.generated) - (len(self.generated) >= self.limit)
+
+
 class StreamSession:
-    def __init__(self, loaded: LoadedModel, config: Optional[EngineConfig] = None):
+    def __init__(self, loaded: LoadedModel, config: Optional[EngineConfig] = None,
+                 cache: Optional[StreamingKVCache] = None):
+        """`cache`: this stream's row of a StreamBatch's BatchedKVCache (its own cache by default)."""
         self.loaded = loaded
         self.config = (config or EngineConfig()).validate()
         self.model = loaded.model
@@ -107,6 +134,7 @@ class StreamSession:
             self.decoder = StaticDecoder(self._decoder_model, self._lm_head, self._embed,
                                          self.device, use_cuda_graph=decode_mode == "cuda_graph")
         self.last_logits: Optional[torch.Tensor] = None
+        self.cache = cache
         self.reset()
 
     # ----- public API -------------------------------------------------------------------------
@@ -154,6 +182,21 @@ class StreamSession:
     def step(self, frames: Sequence[np.ndarray], start_s: float, end_s: float,
              user_text: Optional[str] = None) -> WindowResult:
         """Describe one window of video (its frames, RGB uint8) from start_s to end_s."""
+        window = self._check_window(frames, start_s, end_s, user_text)
+        timer = _Timer(self.device)
+        with torch.inference_mode():
+            with timer:
+                features = self._vision_features(window.vision_input)
+            with timer:  # cache upkeep (eviction, compaction) counts with the prefill it serves
+                logits = self._prefill_window(window, features)
+            with timer:
+                words, generated, truncated = self._generate(logits, self._turn_count - 1, self.window_count,
+                                                             self.config.generation.max_new_tokens)
+        return self._finish_window(window, words, generated, truncated, timer.seconds)
+
+    def _check_window(self, frames: Sequence[np.ndarray], start_s: float, end_s: float,
+                      user_text: Optional[str]) -> _Window:
+        """Everything about a window that can be refused, before the stream changes."""
         if not end_s >= start_s:
             raise ValueError(f"window end {end_s} is before its start {start_s}")
         if self._origin_s is not None and start_s < self._origin_s:
@@ -162,25 +205,24 @@ class StreamSession:
         frames_config = self.config.frames
         vision_input = preprocess_frames(frames, frames_config.min_pixels, frames_config.max_pixels,
                                          self.loaded.normalization)
-        timer = _Timer(self.device)
-        index = self.window_count
+        return _Window(vision_input, start_s, end_s, user_text)
+
+    def _prefill_window(self, window: _Window, features: torch.Tensor) -> torch.Tensor:
+        """Evict by age, append the window's turn and forward it; returns the last token's logits."""
         if self._origin_s is None:
-            self._origin_s = start_s
-        with torch.inference_mode():
-            with timer:
-                features = self._vision_features(vision_input)
-            with timer:  # cache upkeep (eviction, compaction) counts with the prefill it serves
-                self._evict(index)
-                self._append_turn(vision_input, start_s, end_s, user_text)
-                logits = self._forward_new(features)
-            with timer:
-                words, generated, truncated = self._generate(logits, self._turn_count - 1, index,
-                                                             self.config.generation.max_new_tokens)
+            self._origin_s = window.start_s
+        self._evict(self.window_count)
+        self._append_turn(window.vision_input, window.start_s, window.end_s, window.user_text)
+        return self._forward_new(features)
+
+    def _finish_window(self, window: _Window, words: List[int], generated: int, truncated: bool,
+                       seconds: Sequence[float]) -> WindowResult:
+        index = self.window_count
         self.window_count += 1
-        self._last_end_s = end_s
+        self._last_end_s = window.end_s
         text = self.prompt.decode(words).strip()
-        vision_s, prefill_s, decode_s = timer.seconds
-        return WindowResult(index, start_s, end_s, text, not text, truncated, generated,
+        vision_s, prefill_s, decode_s = seconds
+        return WindowResult(index, window.start_s, window.end_s, text, not text, truncated, generated,
                             vision_s, prefill_s, decode_s, self.cache_tokens, self.table.end_position)
 
     def stream_seconds(self, clock_s: float) -> float:
@@ -260,11 +302,7 @@ class StreamSession:
         self.cache.apply(self.table.commit())
 
     def _vision_features(self, vision_input: VisionInput) -> torch.Tensor:
-        pixels = torch.from_numpy(vision_input.pixel_values).to(self.device, self.loaded.dtype)
-        grid = torch.tensor([vision_input.grid_thw], device=self.device)
-        output = self.model.get_video_features(pixels, grid)
-        pooled = output.pooler_output if hasattr(output, "pooler_output") else output
-        return torch.cat(list(pooled), dim=0) if isinstance(pooled, (list, tuple)) else pooled
+        return vision_features(self.loaded, [vision_input])[0]
 
     def _forward_new(self, video_features: Optional[torch.Tensor]) -> torch.Tensor:
         """Forward every table token past the cache's end; returns the last token's logits."""
@@ -298,40 +336,55 @@ class StreamSession:
 
         Returns (the answer's word ids without a trailing silence marker, tokens generated,
         truncated)."""
-        im_end = self.prompt.special.im_end
-        force_length = self.config.generation.ignore_end_of_turn
-        banned = im_end if force_length else None
-        sampler, decoder = self.sampler, self.decoder
-        sampler.start(torch.from_numpy(self.table.tokens()).to(self.device))
+        decoder = self.decoder
+        answering = self._start_answer(logits, limit)
         decoder.begin(self.cache, self.table.end_position, budget=limit)
-        generated: List[int] = []
-        truncated = False
-        token = sampler.draw(logits, banned)
         while True:
             # On a GPU step n+1 is queued before token n is read back here, so the device never
             # waits on the host; if token n ends the turn, end() drops that step's key/value.
-            ahead = self._feed(token, banned) if decoder.queues_ahead and len(generated) + 1 < limit else None
-            value = int(token)
-            if value == im_end:
+            ahead = (self._feed(answering.token, answering.banned)
+                     if decoder.queues_ahead and len(answering.generated) + 1 < limit else None)
+            if not self._take(answering):
                 break
-            generated.append(value)
-            if len(generated) >= limit:
-                truncated = not force_length
-                break
-            token = ahead if ahead is not None else self._feed(token, banned)
-        # Every word was fed except the last one when the limit cut the answer.
-        decoder.end(len(generated) - (len(generated) >= limit))
+            answering.token = ahead if ahead is not None else self._feed(answering.token, answering.banned)
+        decoder.end(answering.fed)
+        return self._close_answer(answering, turn, window)
+
+    def _start_answer(self, logits: torch.Tensor, limit: int) -> _Answering:
+        """Start the repetition penalty over the cache's text and draw the answer's first token."""
+        force_length = self.config.generation.ignore_end_of_turn
+        banned = self.prompt.special.im_end if force_length else None
+        self.sampler.start(torch.from_numpy(self.table.tokens()).to(self.device))
+        return _Answering(limit, banned, force_length, self.sampler.draw(logits, banned))
+
+    def _take(self, answering: _Answering) -> bool:
+        """Read the drawn token back; False when the answer is complete (end of turn, or the limit)."""
+        value = int(answering.token)
+        if value == self.prompt.special.im_end:
+            return False
+        answering.generated.append(value)
+        if len(answering.generated) >= answering.limit:
+            answering.truncated = not answering.force_length
+            return False
+        return True
+
+    def _close_answer(self, answering: _Answering, turn: int, window: int):
+        """Record the answer in the table and the cache; returns (words, tokens generated, truncated)."""
         # The words and <|im_end|>\n join the table; what decoding has not fed yet (the last
         # word when truncated, and the turn's end) is fed in one forward so the cache matches.
-        words, marker = self._split_marker(generated)
+        words, marker = self._split_marker(answering.generated)
         self.table.append(sequence.answer_segments(self.table, self.prompt, turn, window, words, marker))
         self._forward_new(None)
-        return words, len(generated), truncated
+        return words, len(answering.generated), answering.truncated
+
+    def _draw_after(self, token: torch.Tensor, logits: torch.Tensor, banned: Optional[int]) -> torch.Tensor:
+        """`token` was fed and gave `logits`: count it for the repetition penalty, draw the next one."""
+        self.sampler.add(token)
+        return self.sampler.draw(logits, banned)
 
     def _feed(self, token: torch.Tensor, banned: Optional[int]) -> torch.Tensor:
         """Feed a sampled token (device tensor) and draw the next one."""
-        self.sampler.add(token)
-        return self.sampler.draw(self.decoder.step(token), banned)
+        return self._draw_after(token, self.decoder.step(token), banned)
 
     def _split_marker(self, generated: List[int]):
         """(words, marker): the trailing tokens that decode exactly to the silence marker.
@@ -350,3 +403,16 @@ class StreamSession:
             if len(tail) > len(marker):
                 break
         return generated, []
+
+
+def vision_features(loaded: LoadedModel, vision_inputs: Sequence[VisionInput]) -> List[torch.Tensor]:
+    """The vision tower once over several windows (resolutions may differ); features per window."""
+    device = loaded.device
+    pixels = torch.from_numpy(np.concatenate([v.pixel_values for v in vision_inputs])).to(device, loaded.dtype)
+    grid = torch.tensor([v.grid_thw for v in vision_inputs], device=device)
+    output = loaded.model.get_video_features(pixels, grid)
+    pooled = output.pooler_output if hasattr(output, "pooler_output") else output
+    if isinstance(pooled, (list, tuple)) and len(pooled) == len(vision_inputs):
+        return list(pooled)
+    features = torch.cat(list(pooled), dim=0) if isinstance(pooled, (list, tuple)) else pooled
+    return list(features.split([v.token_count for v in vision_inputs]))
