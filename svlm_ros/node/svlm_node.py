@@ -136,7 +136,7 @@ class SvlmNode(LifecycleNode):
         self._closed = False  # shut_down() ran: a configure still in progress leaves everything alone
         self._configuring = False
         self.loading_model = False  # inside load_model, which cannot be cut short
-        self._calls_lock = threading.Lock()
+        self._calls_done = threading.Condition()  # notified as each service call is answered
         self._calls_in_flight = 0  # service calls being answered, for the shutdown
         self._throttle: Dict[Tuple[str, str], list] = {}
         self._service_group = ReentrantCallbackGroup()
@@ -271,8 +271,9 @@ class SvlmNode(LifecycleNode):
         finally:
             self._release_lock.release()
         # Answers already on their way (none can come while the worker they wait for is still busy).
-        while self._calls_in_flight and not abandoned and time.monotonic() < deadline:
-            time.sleep(0.02)
+        if not abandoned:
+            with self._calls_done:
+                self._calls_done.wait_for(lambda: not self._calls_in_flight, max(0.0, deadline - time.monotonic()))
         if self._calls_in_flight:
             abandoned.append(f"{self._calls_in_flight} service call(s) in progress")
         if self._configuring:
@@ -566,7 +567,7 @@ class SvlmNode(LifecycleNode):
     def _guarded(self, name: str, handler):
         """A service callback that cannot end the node: an exception is logged and answered success=false."""
         def serve(request, response):
-            with self._calls_lock:
+            with self._calls_done:
                 self._calls_in_flight += 1
             try:
                 return handler(request, response)
@@ -577,8 +578,9 @@ class SvlmNode(LifecycleNode):
                 response.message = f"{name} failed inside the node: {type(error).__name__}: {error}"
                 return response
             finally:
-                with self._calls_lock:
+                with self._calls_done:
                     self._calls_in_flight -= 1
+                    self._calls_done.notify_all()
         return serve
 
     def _on_ask(self, request, response):
