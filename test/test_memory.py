@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from svlm_ros.config import MemoryConfig
-from svlm_ros.memory import store as store_module
+from svlm_ros.memory import ranking, store as store_module
 from svlm_ros.memory.store import Embedder, Entry, MemoryError, MemoryStore, Pose, StoreCorrupt
 from svlm_ros.memory.summaries import SummaryStore
 from svlm_ros.memory.writer import MemoryWriter
@@ -213,7 +213,7 @@ class Hashed:
     def __call__(self, texts):
         out = np.zeros((len(texts), 384), dtype=np.float32)
         for row, text in enumerate(texts):
-            for word in store_module.tokens(text):
+            for word in ranking.tokens(text):
                 out[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % 384] += 1.0
         out[:, 383] += 0.01
         return out / np.linalg.norm(out, axis=1, keepdims=True)
@@ -360,7 +360,7 @@ def test_the_meaning_index_is_trained_as_texts_grow_and_finds_what_an_exact_scan
     texts = [f"a {c} {w} at the {p}" for w in words for c in colours for p in places]  # 640 distinct texts
     for start in range(0, len(texts), 64):
         store.add([Entry("/cam", DAY0 + k, DAY0 + k + 1, texts[k], False) for k in range(start, start + 64)])
-    meta = store._meta()
+    meta = store._meta("ivf_centroids", "ivf_trained_on")
     assert meta.get("ivf_centroids") is not None and int(meta["ivf_trained_on"]) >= 300
     assert store.db.execute("SELECT COUNT(*) FROM texts WHERE cell < 0 AND text != ''").fetchone()[0] == 0
     assert store.recall("green drone at the ramp", limit=1)[0].text == "a green drone at the ramp"

@@ -9,7 +9,8 @@ import pytest
 from svlm_ros.config import MemoryConfig
 from svlm_ros.memory.questions import recollect
 from svlm_ros.memory.ranking import TextIndex
-from svlm_ros.memory.store import Embedder, Entry, MemoryStore, quantize, tokens
+from svlm_ros.memory.ranking import tokens
+from svlm_ros.memory.store import Embedder, Entry, MemoryStore, quantize
 
 DAY0 = 1_763_683_200.0  # 2025-11-21 00:00 UTC
 FUNCTION_WORDS = set("a an the is are was were of in on at by to for from with and its".split())

@@ -46,7 +46,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..config import MemoryConfig
-from .ranking import DIMENSIONS, TextIndex, rank, tokens, top  # noqa: F401 (store.tokens, store.top: callers')
+from .ranking import DIMENSIONS, TextIndex, rank
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ MAX_QUERY_CHARS = 1000
 MAX_RUN_S = 3600.0  # a run of repeats longer than this starts a new entry (bounds the time index scans)
 NARROW_MAX = 4000  # filters holding at most this many entries rank only those entries' texts ...
 NARROW_PLACE_MAX = 25_000  # ... or this many with a place (a text's entries elsewhere cost the most to skip)
-MAX_PROBES = 2000  # texts taken from each of BM25 and meaning, and expanded through the index, per query
+MAX_PROBES = 2000  # ranked texts expanded through the index, per query
 RETENTION_CHUNK = 5000  # entries deleted per transaction by retention
 RETENTION_FILL = 0.95  # a size-bound pass trims the store to this fraction of max_bytes
 VACUUM_STEP = 4096  # free pages given back to the file system per transaction
@@ -449,9 +449,7 @@ class MemoryStore:
 
     # ----- small state shared by the store's connections ---------------------------------------
     def _meta(self, *keys: str) -> Dict[str, object]:
-        """The store's small state (all of it, or these keys: the centroids are megabytes)."""
-        if not keys:
-            return dict(self.db.execute("SELECT key, value FROM meta"))
+        """These keys of the store's small state (never all of it: the centroids are megabytes)."""
         return dict(self.db.execute(f"SELECT key, value FROM meta WHERE key IN ({','.join('?' * len(keys))})", keys))
 
     def _set_meta(self, key: str, value) -> None:
@@ -803,7 +801,8 @@ class MemoryStore:
         with self._lock, self._failing("searching"):
             if near is not None and not self.db.execute("SELECT 1 FROM entries_place LIMIT 1").fetchone():
                 raise ValueError("no entry has a pose: set the pose topic (or tf frames) to search by place")
-            meta = self._meta()
+            # Only the keys a query needs: the centroids blob (megabytes) is read on a reload only.
+            meta = self._meta("max_span", "texts_generation", "ivf_version", "embedded_upto")
             filters = _Filters(since, until, camera, near, include_silent, float(meta.get("max_span") or 0.0))
             if not query:
                 rows = self.db.execute(f"SELECT {HIT_COLUMNS} FROM entries e JOIN texts t ON t.id = e.text_id "
@@ -817,7 +816,7 @@ class MemoryStore:
             if not index.n or (rows is not None and not len(rows)):
                 return []
             query_vector = quantize(self.embedder([query])[0]).astype(np.float32)
-            ranked, scores = rank(index, query, query_vector, rows, self.NPROBE, MAX_PROBES)
+            ranked, scores = rank(index, query, query_vector, rows, self.NPROBE)
             score_of = dict(zip(index.ids[ranked].tolist(), scores.tolist()))
             found = self._expand(index.ids[ranked].tolist(), filters, inside, limit, max(1, limit // 5))
             return self._hits(found, score_of)
@@ -876,9 +875,9 @@ class MemoryStore:
         state = (meta.get("texts_generation"), meta.get("ivf_version"))
         if state != self._index_state:  # retention deleted texts, or the cells were trained again: reload
             self._index, self._index_upto, self._index_state = TextIndex(), 0, state
-            blob = meta.get("ivf_centroids")
-            if blob is not None:
-                self._index.centroids = np.frombuffer(blob, dtype=np.float32).reshape(-1, DIMENSIONS).copy()
+            centroids = self._writer_centroids()  # cached by ivf_version
+            if centroids is not None:
+                self._index.centroids = centroids
         while True:
             rows = self.db.execute("SELECT id, vector, cell, text FROM texts WHERE id > ? AND id <= ? "
                                    "AND vector IS NOT NULL ORDER BY id LIMIT 65536",
