@@ -339,7 +339,8 @@ class MemoryStore:
                                    f"file was truncated): {CORRUPT_ADVICE}")
             self.db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=5.0)
             self._open_layout()
-            self.db.execute("PRAGMA journal_mode=WAL")
+            if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # setting it takes the write lock
+                self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA cache_size=-32768")  # 32 MiB of page cache
             # A small max_bytes gets a small WAL: checkpoints come sooner and the WAL is cut back after them.
