@@ -214,5 +214,8 @@ class NodeConfig:
     jump_confirm_s: float = 1.0  # ... believed once the new timeline goes on this long (back: a fresh stream)
     ask_timeout_s: float = 30.0  # ~/ask gives up after this long
     diagnostics_period_s: float = 1.0
-    inference_delay_s: float = 0.0  # testing aid: extra seconds per window, to simulate a slow model
+    # Cameras are described in batches (one model step for several cameras' windows): a batch waits
+    # at most this long after its oldest window became ready for the other live cameras' windows ...
+    batch_wait_s: float = 0.05
+    max_batch: int = 8  # ... and holds at most this many cameras (1: one camera per step, round-robin)
     memory: MemoryConfig = field(default_factory=MemoryConfig)

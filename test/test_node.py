@@ -28,7 +28,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from svlm_ros.engine.session import StreamSession
+from svlm_ros.engine.batch import StreamBatch
 from svlm_ros.msg import Description
 from svlm_ros.node.svlm_node import SvlmNode
 from svlm_ros.srv import Ask
@@ -154,11 +154,12 @@ class Gate:
     whose slowness the test controls, whatever the machine's speed."""
 
     def __init__(self, session):
+        # Held where a window enters its stream, alone or in a batched step (both check it first).
         self.entered, self.release = threading.Event(), threading.Event()
-        self.session, self.original = session, session.step
-        session.step = self.step
+        self.session, self.original = session, session._check_window
+        session._check_window = self.check
 
-    def step(self, *args, **kwargs):
+    def check(self, *args, **kwargs):
         self.entered.set()
         assert self.release.wait(60), "the test never released the worker"
         return self.original(*args, **kwargs)
@@ -372,13 +373,13 @@ def test_text_topic_and_publish_silent_false(harness):
     h = harness(publish_silent=False, max_queued_windows=8)
     h.start()
     session = h.node.scheduler.cameras[RAW].session
-    step = session.step
+    finish = session._finish_window  # where every window's result is made, alone or batched
 
     def every_other_window_silent(*args, **kwargs):
-        result = step(*args, **kwargs)
+        result = finish(*args, **kwargs)
         return dataclasses.replace(result, silent=True, text="") if result.index % 2 else result
 
-    session.step = every_other_window_silent
+    session._finish_window = every_other_window_silent
     h.publisher(RAW)
     probes = h.stats(RAW).frames
     h.stream(RAW, 10.0, 4.1, pace=0)
@@ -459,22 +460,22 @@ def test_an_error_after_the_model_loads_is_logged_reported_and_frees_the_model(h
     wait_for(lambda: any(s.level == s.ERROR and "cuda_graph" in s.message for a in h.diagnostics for s in a.status))
 
 
-def test_configure_warms_each_camera_up_and_starts_its_stream_fresh(harness, monkeypatch):
-    warmed = []
-    original = StreamSession.warm_up
-    monkeypatch.setattr(StreamSession, "warm_up", lambda session: warmed.append(session) or original(session))
-    h = harness()
+def test_configure_warms_every_camera_up_in_one_batched_step_and_starts_their_streams_fresh(harness, monkeypatch):
+    warmed, original = [], StreamBatch.step
+    monkeypatch.setattr(StreamBatch, "step", lambda batch, windows: warmed.append(len(windows)) or original(batch, windows))
+    h = harness(image_topics=[RAW, COMPRESSED])
     assert h.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-    session = h.node.scheduler.cameras[RAW].session
-    assert warmed == [session]
-    assert session.window_count == 0 and session.cache_tokens == 0 and not session.table.segments
+    assert warmed == [2]  # one step, both cameras
+    for stream in h.node.scheduler.cameras.values():
+        session = stream.session
+        assert session.window_count == 0 and session.cache_tokens == 0 and not session.table.segments
 
 
 def test_a_failed_warm_up_is_an_error_state(harness, monkeypatch):
-    def fail(session):
+    def fail(batch):
         raise RuntimeError("CUDA error: out of memory")
 
-    monkeypatch.setattr(StreamSession, "warm_up", fail)
+    monkeypatch.setattr(StreamBatch, "warm_up", fail)
     h = harness()
     assert h.node.trigger_configure() == TransitionCallbackReturn.FAILURE
     assert "warm-up" in h.node.model_error and "out of memory" in h.node.model_error
@@ -607,3 +608,37 @@ def test_every_parameter_round_trips_through_param_dump_load_and_set(harness, tm
         if value.type == ParameterType.PARAMETER_STRING:
             typed = get_parameter_value(value.string_value)
             assert (typed.type, typed.string_value) == (ParameterType.PARAMETER_STRING, value.string_value), name
+
+
+def test_three_cameras_batched_each_get_one_description_per_second_of_their_sensor_time(harness):
+    """Issue 20: three cameras (30 Hz, 4 Hz, 1 Hz) share one model through batched steps; each gets one
+    description per second of its own sensor time, and none starves. The test sends second by second and
+    waits for the node to describe each second before the next (events), so a loaded machine skips nothing."""
+    rates = {"/cam_fast/image_raw": 30, "/cam_mid/image_raw/compressed": 4, "/cam_slow/image_raw": 1}
+    origins = {"/cam_fast/image_raw": 100.0, "/cam_mid/image_raw/compressed": 5000.0, "/cam_slow/image_raw": 7.5}
+    h = harness(image_topics=list(rates), reliable_qos=True, max_queued_windows=8, batch_wait_s=1.0)
+    h.start()
+    for topic in rates:
+        h.publisher(topic, reliable=True)
+    probes = {topic: h.stats(topic).frames for topic in rates}
+    seconds = 4
+    sent = dict.fromkeys(rates, 0)
+    for second in range(seconds + 1):  # the frames of second `seconds` only close the last window
+        for topic, rate in rates.items():
+            for k in range(rate if second < seconds else 1):
+                h.send(topic, origins[topic] + second + k / rate, reliable=True)
+                sent[topic] += 1
+        for topic in rates:  # every frame counted, every closed window described before the next second
+            settled(h, topic, probes[topic] + sent[topic])
+    for topic in rates:
+        stats = h.stats(topic)
+        assert stats.processed_windows == seconds and stats.skipped_windows == 0 and stats.late_frames == 0, topic
+    wait_for(lambda: len(h.descriptions) == 3 * seconds)
+    for topic in rates:
+        mine = [m for m in h.descriptions if m.camera == topic]
+        assert [m.index for m in mine] == list(range(seconds))
+        assert [seconds_of(m.window_start) for m in mine] == pytest.approx([origins[topic] + s for s in range(seconds)])
+    batches = h.node.scheduler.batches
+    assert sum(size * steps for size, steps in batches.steps.items()) == 3 * seconds
+    values = {v.key: v.value for a in h.diagnostics for s in a.status if s.name.endswith(": model") for v in s.values}
+    assert "batch_steps_by_size" in values and "last_batch_decode_s" in values

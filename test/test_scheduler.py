@@ -4,6 +4,7 @@ import threading
 
 import numpy as np
 import pytest
+from sensor_msgs.msg import Image
 
 from svlm_ros.config import EngineConfig, NodeConfig
 from svlm_ros.node.scheduler import Scheduler
@@ -30,11 +31,17 @@ def make_scheduler(tiny_model):
         scheduler.stop(timeout=60)
 
 
-def feed_windows(scheduler, count, start=100.0):
-    """Frames at 4 Hz for `count` whole windows plus the frame that closes the last one."""
-    stream = scheduler.cameras[CAMERA]
-    for k in range(count * 4 + 1):
-        stream.add_frame(start + k / 4, moving_shapes(k / 4, 48, 64))
+def image(frame):
+    return Image(height=frame.shape[0], width=frame.shape[1], encoding="rgb8", step=frame.shape[1] * 3,
+                 data=frame.tobytes())
+
+
+def feed_windows(scheduler, count, start=100.0, camera=CAMERA, rate=4):
+    """Frames at `rate` Hz for `count` whole windows plus the frame that closes the last one, through the
+    path the node's image callback takes."""
+    stream = scheduler.cameras[camera]
+    for k in range(count * rate + 1):
+        assert stream.feed(start + k / rate, image(moving_shapes(k / rate, 48, 64))) == []
     scheduler.notify()
 
 
@@ -84,15 +91,15 @@ def test_a_dead_worker_is_restarted(make_scheduler, monkeypatch):
     described = threading.Event()
     scheduler = make_scheduler(lambda result: described.set())
     died = threading.Event()
-    original = Scheduler._next_window
+    original = Scheduler._next_batch
 
-    def dies_once(self):
+    def dies_once(self, wait):
         if not died.is_set():
             died.set()
             raise MemoryError("simulated: the worker thread dies outside a window")
-        return original(self)
+        return original(self, wait)
 
-    monkeypatch.setattr(Scheduler, "_next_window", dies_once)
+    monkeypatch.setattr(Scheduler, "_next_batch", dies_once)
     scheduler.start()
     wait(died, "the worker to die")
     scheduler._thread.join(timeout=120)
@@ -101,3 +108,155 @@ def test_a_dead_worker_is_restarted(make_scheduler, monkeypatch):
     feed_windows(scheduler, 1)
     wait(described, "a window after the restart")
     assert scheduler.ensure_worker() is False  # alive: nothing to do
+
+
+# ----- batched cameras (issue 20) ---------------------------------------------------------------
+CAMERAS = ["/a", "/b", "/c"]
+SIZES = {"/a": (48, 64), "/b": (64, 96), "/c": (56, 56)}  # different resolutions, different vision grids
+
+
+def small_engine(max_new_tokens=3):
+    engine = EngineConfig()
+    engine.frames.min_pixels = 3136
+    engine.generation.max_new_tokens = max_new_tokens
+    engine.generation.seed = 7  # sampled, each camera with its own generator: the same words batched or not
+    engine.cache.vision_windows, engine.cache.text_windows = 2, 3  # eviction within a few windows
+    return engine
+
+
+def feed_camera(scheduler, camera, stamps):
+    height, width = SIZES[camera]
+    for stamp in stamps:
+        scheduler.cameras[camera].feed(stamp, image(moving_shapes(stamp, height, width)))
+
+
+def camera_stamps(camera):
+    """Different rates and ages per camera; /c's time jumps back and goes on (a fresh stream)."""
+    if camera == "/a":
+        return [100 + k / 4 for k in range(4 * 7 + 1)]
+    if camera == "/b":
+        return [3.0 + k / 2 for k in range(2 * 5 + 1)]
+    return [50 + k / 4 for k in range(4 * 4)] + [20 + k / 4 for k in range(4 * 3 + 1)]
+
+
+def texts_by_camera(published):
+    out = {}
+    for described in published:
+        out.setdefault(described.camera, []).append((described.window.start_s, described.result.index,
+                                                     described.result.text, described.result.generated_tokens))
+    return out
+
+
+def test_batched_cameras_are_described_as_each_camera_alone(tiny_model):
+    """Three cameras in batched steps (offline, as a replay) give every camera exactly what it gets in a
+    scheduler of its own: same windows, same words, through eviction and one camera's time jump."""
+    node = NodeConfig(image_topics=CAMERAS)
+    batched = []
+    scheduler = Scheduler(tiny_model, small_engine(), node, batched.append, CAMERAS, offline=True)
+    streams = {camera: iter(camera_stamps(camera)) for camera in CAMERAS}
+    while streams:  # interleaved, one frame of each camera at a time, as a bag holds them
+        for camera in list(streams):
+            stamp = next(streams[camera], None)
+            if stamp is None:
+                del streams[camera]
+                continue
+            feed_camera(scheduler, camera, [stamp])
+            scheduler.drain(due_only=True)
+    scheduler.drain()
+    assert max(scheduler.batches.steps) == 3  # the windows were described in batches of all three
+    assert scheduler.cameras["/c"].stats.restarts == 1
+    alone = {}
+    for camera in CAMERAS:
+        published = []
+        single = Scheduler(tiny_model, small_engine(), NodeConfig(image_topics=[camera]), published.append, [camera],
+                           offline=True)
+        feed_camera(single, camera, camera_stamps(camera))
+        single.drain()
+        alone.update(texts_by_camera(published))
+    assert texts_by_camera(batched) == alone
+    assert [start for start, *_ in alone["/c"]] == [50, 51, 52, 53, 20, 21, 22]
+    assert [index for _, index, *_ in alone["/c"]] == [0, 1, 2, 3, 0, 1, 2]
+    assert [len(alone[c]) for c in CAMERAS] == [7, 5, 7]
+
+
+def test_a_backlog_on_one_camera_starves_no_other(tiny_model):
+    """max_batch=2 of three cameras, each with two windows waiting: the camera that sat out goes first."""
+    published = []
+    scheduler = Scheduler(tiny_model, small_engine(1), NodeConfig(image_topics=CAMERAS, max_batch=2),
+                          published.append, CAMERAS, offline=True)
+    for camera in CAMERAS:
+        feed_camera(scheduler, camera, [10 + k / 4 for k in range(2 * 4 + 1)])
+    scheduler.drain()
+    order = [(d.camera, d.result.index) for d in published]
+    assert order == [("/a", 0), ("/b", 0), ("/c", 0), ("/a", 1), ("/b", 1), ("/c", 1)]
+    assert scheduler.batches.steps == {2: 3}
+
+
+def test_max_batch_one_describes_one_camera_per_step(tiny_model):
+    published = []
+    scheduler = Scheduler(tiny_model, small_engine(1), NodeConfig(image_topics=CAMERAS, max_batch=1),
+                          published.append, CAMERAS, offline=True)
+    for camera in CAMERAS:
+        feed_camera(scheduler, camera, [10 + k / 4 for k in range(4 + 1)])
+    scheduler.drain()
+    assert [d.camera for d in published] == CAMERAS and scheduler.batches.steps == {1: 3}
+
+
+def test_a_batch_waits_for_a_live_camera_and_a_question_goes_first(tiny_model):
+    """batch_wait_s is long: /a's window waits for /b's (a live camera); a question asked meanwhile is
+    answered at once, and /a's window is then described in one step with /b's."""
+    published, both = [], threading.Event()
+
+    def publish(described):
+        published.append(described.camera)
+        if len(published) == 2:
+            both.set()
+
+    node = NodeConfig(image_topics=["/a", "/b"], batch_wait_s=10.0, camera_timeout_s=3600.0)
+    scheduler = Scheduler(tiny_model, small_engine(1), node, publish, ["/a", "/b"])
+    feed_camera(scheduler, "/b", [10.0])  # /b is live, its window still open
+    scheduler.start()
+    feed_camera(scheduler, "/a", [10 + k / 4 for k in range(4 + 1)])
+    scheduler.notify()
+    answer = scheduler.ask("/a", "What do you see?").result(timeout=120)
+    assert answer.window == -1 and published == []  # answered before /a's window, which still waits
+    feed_camera(scheduler, "/b", [10.5, 11.0])
+    scheduler.notify()
+    wait(both, "both windows")
+    assert sorted(published) == ["/a", "/b"] and scheduler.batches.steps == {2: 1}
+    scheduler.stop(timeout=60)
+
+
+def test_a_refused_window_costs_only_its_camera_and_a_failed_step_restarts_only_its_cameras(tiny_model,
+                                                                                           monkeypatch):
+    published = []
+    scheduler = Scheduler(tiny_model, small_engine(1), NodeConfig(image_topics=["/a", "/b"]), published.append,
+                          ["/a", "/b"], offline=True)
+    session_b = scheduler.cameras["/b"].session
+    check = session_b._check_window
+    refusals = iter([ValueError("a refused window")])
+
+    def refuse_once(*args, **kwargs):
+        error = next(refusals, None)
+        if error is not None:
+            raise error
+        return check(*args, **kwargs)
+
+    session_b._check_window = refuse_once
+    for camera in ("/a", "/b"):
+        feed_camera(scheduler, camera, [10 + k / 4 for k in range(2 * 4 + 1)])
+    scheduler.drain()
+    assert [(d.camera, d.result.index) for d in published] == [("/a", 0), ("/a", 1), ("/b", 0)]
+    assert scheduler.cameras["/b"].stats.failed_windows == 1 and scheduler.cameras["/a"].stats.failed_windows == 0
+    assert "a refused window" in scheduler.last_error
+
+    decode = scheduler.batch._decode
+    monkeypatch.setattr(scheduler.batch, "_decode", lambda logits: (_ for _ in ()).throw(RuntimeError("decode broke")))
+    feed_camera(scheduler, "/a", [12 + k / 4 for k in range(1, 5)])
+    scheduler.drain()
+    assert scheduler.batches.failed_steps == 1 and scheduler.cameras["/a"].session.window_count == 0  # restarted
+    assert scheduler.cameras["/b"].session.window_count == 1  # not in the failed step: untouched
+    monkeypatch.setattr(scheduler.batch, "_decode", decode)
+    feed_camera(scheduler, "/a", [13 + k / 4 for k in range(1, 5)])
+    scheduler.drain()
+    assert published[-1].camera == "/a" and published[-1].result.index == 0  # a fresh stream goes on

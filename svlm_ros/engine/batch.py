@@ -14,6 +14,7 @@ stream's commits, exactly as alone.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Union
 
@@ -24,7 +25,8 @@ from ..config import EngineConfig
 from .decoding import BatchDynamicDecoder, BatchStaticDecoder, resolve_decode_mode
 from .kv_cache import BatchedKVCache
 from .models import LoadedModel
-from .session import Answer, StreamSession, WindowResult, _Timer, vision_features
+from .frames import GRID_UNIT
+from .session import Answer, StageTimer, StreamSession, WindowResult, vision_features
 
 
 @dataclass
@@ -65,6 +67,21 @@ class StreamBatch:
         """Start stream `stream` afresh (a time jump, a new camera); the others are untouched."""
         self.streams[stream].reset()
 
+    def warm_up(self) -> float:
+        """One blank window for every stream in one batched step, then every stream starts afresh
+        (StreamSession.warm_up for the batched path: its one-time costs, CUDA graph capture for
+        this batch size included); returns the seconds it took."""
+        started = time.perf_counter()
+        blank = np.zeros((GRID_UNIT, GRID_UNIT, 3), dtype=np.uint8)  # scaled up to min_pixels
+        windows = [StreamWindow([blank] * stream.config.frames.frames_per_window, 0.0,
+                                stream.config.frames.window_seconds) for stream in self.streams]
+        for outcome in self.step(windows):
+            if isinstance(outcome, Exception):
+                raise outcome
+        for stream in self.streams:
+            stream.reset()
+        return time.perf_counter() - started
+
     def ask(self, stream: int, question: str, **kwargs) -> Answer:
         """A question to one stream, answered from its own cache alone (StreamSession.ask)."""
         return self.streams[stream].ask(question, **kwargs)
@@ -90,7 +107,7 @@ class StreamBatch:
         if not checked:
             return outcomes
         rows = sorted(checked)
-        timer = _Timer(self.loaded.device)
+        timer = StageTimer(self.loaded.device)
         with torch.inference_mode():
             with timer:
                 features = vision_features(self.loaded, [checked[row].vision_input for row in rows])

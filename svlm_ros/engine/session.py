@@ -62,7 +62,8 @@ class Answer:
 
 
 @dataclass
-class _Timer:
+class StageTimer:
+    """Seconds per stage (vision, prefill, decode), synchronized with the device so GPU work is counted."""
     device: torch.device
     seconds: List[float] = field(default_factory=list)
 
@@ -183,7 +184,7 @@ class StreamSession:
              user_text: Optional[str] = None) -> WindowResult:
         """Describe one window of video (its frames, RGB uint8) from start_s to end_s."""
         window = self._check_window(frames, start_s, end_s, user_text)
-        timer = _Timer(self.device)
+        timer = StageTimer(self.device)
         with torch.inference_mode():
             with timer:
                 features = self._vision_features(window.vision_input)

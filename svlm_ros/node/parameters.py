@@ -16,8 +16,8 @@ from ..config import EngineConfig, ModelConfig, NodeConfig
 UNSET = -1
 # Settings that take effect while the node runs; the rest apply at the next configure (the node
 # says so in its log when one is changed).
-RUNTIME = {"prompt.instruction", "publish_silent", "publish_text", "camera_timeout_s", "inference_delay_s",
-           "ask_timeout_s", "diagnostics_period_s", "memory.ask_entries", "memory.ask_context_tokens",
+RUNTIME = {"prompt.instruction", "publish_silent", "publish_text", "camera_timeout_s", "batch_wait_s",
+           "max_batch", "ask_timeout_s", "diagnostics_period_s", "memory.ask_entries", "memory.ask_context_tokens",
            "memory.pose_tolerance_s", "memory.summary_instruction", "memory.summary_input_tokens",
            "memory.summary_max_tokens"}
 # Read once when the process starts.
@@ -75,7 +75,9 @@ DESCRIPTIONS: Dict[str, Tuple[str, Optional[Tuple[float, float]]]] = {
                        "glitch and its frames are dropped", (0.0, 3600.0)),
     "ask_timeout_s": ("~/ask gives up after this long", (0.01, 3600.0)),
     "diagnostics_period_s": ("seconds between /diagnostics messages (wall time)", (0.01, 3600.0)),
-    "inference_delay_s": ("testing aid: extra seconds per window, to simulate a slow model", (0.0, 3600.0)),
+    "batch_wait_s": ("seconds a batch of cameras' windows waits, after its oldest became ready, for the other "
+                     "live cameras' windows (one model step describes them all)", (0.0, 10.0)),
+    "max_batch": ("most cameras described in one model step; 1: one camera per step (round-robin)", (1, 256)),
     "memory.enabled": ("store every described window in the long-term memory (~/recall, ~/ask about the past)",
                        None),
     "memory.path": ("the memory's SQLite file; empty: per node, $ROS_HOME/svlm/<namespace>/<name>/memory.sqlite "
@@ -177,8 +179,10 @@ def build_configs(values: Dict[str, Any]) -> Tuple[ModelConfig, EngineConfig, No
         raise ValueError(f"qos_depth must be >= 1, got {node.qos_depth}")
     if node.max_queued_windows < 1:
         raise ValueError(f"max_queued_windows must be >= 1, got {node.max_queued_windows}")
-    if node.inference_delay_s < 0:
-        raise ValueError("inference_delay_s must be >= 0")
+    if not 0 <= node.batch_wait_s <= 10:
+        raise ValueError(f"batch_wait_s must be within 0..10 s, got {node.batch_wait_s}")
+    if node.max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {node.max_batch}")
     node.memory.validate()
     model.validate()
     return model, engine, node

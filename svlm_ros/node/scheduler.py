@@ -1,23 +1,28 @@
 """ROS-free core of the node: per-camera streams sharing one model on one worker thread.
 
-Image callbacks only decode and hand frames to `CameraStream.add_frame` (cheap); completed
-windows wait in a bounded per-camera queue that keeps the newest, so a slow model skips whole
-windows instead of describing stale video. The worker serves cameras round-robin and questions
-first.
+Image callbacks only check stamps and hand frames to `CameraStream.feed` (cheap; only sampled
+frames are converted); completed windows wait in a bounded per-camera queue that keeps the newest,
+so a slow model skips whole windows instead of describing stale video. The worker answers
+questions first, then describes the ready windows of several cameras in one batched step
+(engine/batch.py): it waits at most `batch_wait_s` after the oldest ready window for the other
+live cameras' windows, takes at most `max_batch` cameras, and lets the cameras that waited longest
+go first, so no camera starves.
 """
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import copy
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, List, Optional, Sequence
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..config import EngineConfig, NodeConfig
+from ..engine.batch import StreamBatch, StreamWindow
 from ..engine.models import LoadedModel
 from ..engine.session import Answer, StreamSession, WindowResult
 from ..engine.windows import Window, WindowAssembler
@@ -74,16 +79,58 @@ class Described:
 
 # Repeated stamps are only worth a warning when they persist; one duplicate is harmless.
 REPEATED_STAMPS_WARN = 3
+# Offline (a replay read as fast as it goes), a camera this many windows ahead of a camera that
+# sent none is described without it: the other lags far behind in the bag, or has stopped.
+OFFLINE_LEAD = 4
+
+
+@dataclass
+class BatchStats:
+    """What the batched steps cost, for diagnostics: steps by batch size, their stage seconds."""
+    steps: Dict[int, int] = field(default_factory=dict)  # cameras in a step -> steps
+    stage_s: Dict[int, List[float]] = field(default_factory=dict)  # cameras -> summed vision, prefill, decode
+    last_size: int = 0
+    last_stage_s: Tuple[float, float, float] = (0.0, 0.0, 0.0)
+    failed_steps: int = 0
+
+    def record(self, size: int, stage_s: Tuple[float, float, float]) -> None:
+        self.steps[size] = self.steps.get(size, 0) + 1
+        summed = self.stage_s.setdefault(size, [0.0, 0.0, 0.0])
+        for stage, seconds in enumerate(stage_s):
+            summed[stage] += seconds
+        self.last_size, self.last_stage_s = size, stage_s
+
+    def values(self) -> Dict[str, str]:
+        """Diagnostics key-values: `2:140 3:12` (steps by size), mean seconds per step by size."""
+        sizes = sorted(self.steps)
+
+        def mean(stage: Optional[int]) -> str:
+            def seconds(size: int) -> float:
+                summed = self.stage_s[size]
+                return (sum(summed) if stage is None else summed[stage]) / self.steps[size]
+            return " ".join(f"{size}:{seconds(size):.3f}" for size in sizes)
+
+        vision, prefill, decode = self.last_stage_s
+        return {"batch_steps_by_size": " ".join(f"{size}:{self.steps[size]}" for size in sizes),
+                "batch_step_s_mean_by_size": mean(None), "batch_vision_s_mean_by_size": mean(0),
+                "batch_prefill_s_mean_by_size": mean(1), "batch_decode_s_mean_by_size": mean(2),
+                "last_batch_size": str(self.last_size), "last_batch_vision_s": f"{vision:.3f}",
+                "last_batch_prefill_s": f"{prefill:.3f}", "last_batch_decode_s": f"{decode:.3f}",
+                "failed_batch_steps": str(self.failed_steps)}
 
 
 class CameraStream:
-    def __init__(self, name: str, loaded: LoadedModel, engine: EngineConfig, node: NodeConfig):
+    def __init__(self, name: str, session: StreamSession, node: NodeConfig, row: int = 0,
+                 queue_size: Optional[int] = None):
+        """`session`: this camera's stream (its row `row` of the scheduler's StreamBatch).
+        `queue_size`: windows kept waiting (node.max_queued_windows; None: all, for replays)."""
         self.name = name
-        self.session = StreamSession(loaded, engine)
-        frames = engine.frames
+        self.session = session
+        self.row = row
+        frames = session.config.frames
         self.assembler = WindowAssembler(frames.window_seconds, frames.frames_per_window, node.restart_after_s,
                                          node.jump_confirm_s)
-        self.queue: Deque[tuple] = collections.deque(maxlen=max(1, node.max_queued_windows))
+        self.queue: Deque[tuple] = collections.deque(maxlen=queue_size)
         self.stats = CameraStats()
         # A new stream (time jumped back, ~/reset) bumps the generation; the
         # worker resets the session when it reaches the first window of a newer generation, so
@@ -95,6 +142,7 @@ class CameraStream:
         self.last_result: Optional[WindowResult] = None
         self.on_skip: Optional[Callable[[Window], None]] = None  # told of each window the queue drops
         self.lock = threading.Lock()
+        self.last_step = 0  # the scheduler's step this camera was last in (fairness: who sat out goes first)
         self._last_stamp: Optional[float] = None
         self._repeats = 0
 
@@ -171,13 +219,6 @@ class CameraStream:
             if window is not None:
                 self._enqueue(window)
 
-    def add_frame(self, stamp_s: float, frame: np.ndarray) -> List[str]:
-        """A converted frame; returns warnings to log (already counted)."""
-        with self.lock:
-            self.stats.frames += 1
-            self.stats.last_frame_wall = time.monotonic()
-            return self._add(stamp_s, frame)
-
     def _add(self, stamp_s: float, frame: Optional[np.ndarray]) -> List[str]:
         warnings = []
         added = self.assembler.add(stamp_s, frame)
@@ -223,17 +264,30 @@ class CameraStream:
         with self.lock:
             return self.queue.popleft() if self.queue else None
 
+    def ready_since(self) -> Optional[float]:
+        """When the oldest queued window became ready (monotonic), None if none waits."""
+        with self.lock:
+            return self.queue[0][1] if self.queue else None
+
 
 class Scheduler:
     """Owns the worker thread; the ROS node supplies `publish` and reads stats."""
 
     def __init__(self, loaded: LoadedModel, engine: EngineConfig, node: NodeConfig,
-                 publish: Callable[[Described], None], cameras: List[str]):
+                 publish: Callable[[Described], None], cameras: List[str], offline: bool = False):
+        """One stream per camera, side by side in one StreamBatch. `offline` (a replay that is not
+        paced): queues keep every window, and `drain(due_only=True)` batches them as they come."""
         self.node_config = node
         self.publish = publish
-        self.cameras: Dict[str, CameraStream] = {name: CameraStream(name, loaded, engine, node) for name in cameras}
+        # Each camera gets its own copy: set_instruction changes a session's config in place.
+        self.batch = StreamBatch(loaded, [copy.deepcopy(engine) for _ in cameras])
+        queue_size = None if offline else max(1, node.max_queued_windows)
+        self.cameras: Dict[str, CameraStream] = {
+            name: CameraStream(name, self.batch.streams[row], node, row, queue_size)
+            for row, name in enumerate(cameras)}
         self._order = list(self.cameras)
-        self._next = 0
+        self.batches = BatchStats()
+        self._steps = 0  # batched steps taken, for CameraStream.last_step
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._questions: Deque = collections.deque()
@@ -301,15 +355,20 @@ class Scheduler:
     def notify(self) -> None:
         self._wake.set()
 
-    def drain(self) -> None:
-        """Describe every queued window now, then run the background jobs that waited for an idle
-        model, on the caller's thread (replays: nothing is skipped)."""
-        while (work := self._next_window()) is not None:
-            self._describe(*work)
-        while self._idle_jobs:
-            self._run_idle_job(*self._idle_jobs.popleft())
-            while (work := self._next_window()) is not None:  # a job may have queued nothing, but be sure
-                self._describe(*work)
+    def drain(self, due_only: bool = False) -> None:
+        """Describe queued windows now, in batches, on the caller's thread (replays: nothing is skipped).
+
+        `due_only` (while a bag is read): only the batches that are due, that is once every camera
+        that has sent frames has a window waiting, or one camera is OFFLINE_LEAD windows ahead (the
+        others lag or have stopped), so a multi-camera bag is described in batches as the node does;
+        the background jobs run when no window waits. Otherwise everything queued, then the jobs."""
+        take = self._due_batch if due_only else (lambda: self._next_batch(wait=False))
+        while True:
+            while work := take():
+                self._describe(work)
+            if not self._idle_jobs or any(stream.queue for stream in self.cameras.values()):
+                return
+            self._run_idle_job(*self._idle_jobs.popleft())  # a job may queue nothing, but look again
 
     def wait_idle(self, timeout: Optional[float] = None) -> bool:
         """Wait until the worker has described every queued window and run every background job
@@ -324,6 +383,11 @@ class Scheduler:
             self._idle.wait(0.05)
             self._idle.clear()
         return True
+
+    def warm_up(self) -> float:
+        """One blank window for every camera in one batched step, then fresh streams (StreamBatch.warm_up);
+        returns the seconds it took."""
+        return self.batch.warm_up()
 
     def ask(self, camera: str, question: str, recalled: Sequence[str] = ()) -> "concurrent.futures.Future[Answer]":
         future: concurrent.futures.Future = concurrent.futures.Future()
@@ -379,10 +443,12 @@ class Scheduler:
                 # something is in hand.
                 self.busy_since = time.monotonic()
                 try:
-                    work = self._next_window()
-                    if work is not None:
-                        self.busy_with = f"a window of {work[0].name}"
-                        self._describe(*work)
+                    work = self._next_batch(wait=True)
+                    if work:
+                        self.busy_with = f"a batch of {', '.join(stream.name for stream, _ in work)}"
+                        self._describe(work)
+                        continue
+                    if self._questions:  # one came while the batch waited for stragglers: it goes first
                         continue
                     if self._idle_jobs:
                         self.busy_with = "a background job (summary)"
@@ -398,15 +464,52 @@ class Scheduler:
             self.last_error = f"inference worker died: {type(error).__name__}: {error}"
             log.exception("the inference worker died")
 
-    def _next_window(self):
-        for offset in range(len(self._order)):
-            name = self._order[(self._next + offset) % len(self._order)]
-            stream = self.cameras[name]
-            item = stream.take()
-            if item is not None:
-                self._next = (self._next + offset + 1) % len(self._order)
-                return stream, item
-        return None
+    def _ready(self) -> List[Tuple[float, CameraStream]]:
+        """(ready since, camera) for the cameras with a window waiting: those that sat out the most
+        recent steps first, then the longest waiting (so a backlog on one camera starves no other)."""
+        waiting = [(stream.last_step, since, stream.row, stream) for stream in self.cameras.values()
+                   if (since := stream.ready_since()) is not None]
+        return [(since, stream) for _, since, _, stream in sorted(waiting, key=lambda item: item[:3])]
+
+    def _live_cameras(self) -> int:
+        """Cameras that sent a frame within camera_timeout_s: the ones a batch may wait for."""
+        now, timeout = time.monotonic(), self.node_config.camera_timeout_s
+        return sum(1 for stream in self.cameras.values()
+                   if stream.stats.last_frame_wall is not None and now - stream.stats.last_frame_wall <= timeout)
+
+    def _next_batch(self, wait: bool) -> List[tuple]:
+        """Take the next batch: (camera, queued item) for up to max_batch cameras, longest waiting first.
+
+        With `wait`, a batch smaller than the live cameras waits up to batch_wait_s after its oldest
+        window became ready for the others' windows; a question or a stop ends the wait with no batch."""
+        limit = max(1, self.node_config.max_batch)
+        ready = self._ready()
+        if not ready:
+            return []
+        if wait:
+            deadline = ready[0][0] + self.node_config.batch_wait_s
+            while len(ready) < min(limit, self._live_cameras()):
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stop.is_set() or self._questions:
+                    break
+                self._wake.wait(left)
+                self._wake.clear()
+                ready = self._ready()
+            if self._stop.is_set() or self._questions:
+                return []
+        return self._take([stream for _, stream in ready[:limit]])
+
+    def _due_batch(self) -> List[tuple]:
+        queued = {stream: len(stream.queue) for stream in self.cameras.values() if stream.stats.frames}
+        if not any(queued.values()):
+            return []
+        if all(queued.values()) or max(queued.values()) >= OFFLINE_LEAD:
+            return self._take([stream for _, stream in self._ready()[:max(1, self.node_config.max_batch)]])
+        return []
+
+    @staticmethod
+    def _take(streams: Sequence[CameraStream]) -> List[tuple]:
+        return [(stream, item) for stream in streams if (item := stream.take()) is not None]
 
     def _prepare(self, stream: CameraStream, generation: int) -> None:
         if generation != stream.session_generation:
@@ -416,21 +519,40 @@ class Scheduler:
         if text is not None:
             stream.session.set_instruction(text)
 
-    def _describe(self, stream: CameraStream, item) -> None:
-        window, ready_at, generation = item
-        self._prepare(stream, generation)
+    def _describe(self, work: List[tuple]) -> None:
+        """One batched step over the taken windows, then each camera's result published on its own."""
+        self._steps += 1
+        windows: List[Optional[StreamWindow]] = [None] * len(self.batch)
+        for stream, (window, _, generation) in work:
+            stream.last_step = self._steps
+            self._prepare(stream, generation)
+            windows[stream.row] = StreamWindow(window.frames, window.start_s, window.end_s)
         try:
-            if self.node_config.inference_delay_s:
-                time.sleep(self.node_config.inference_delay_s)
-            result = stream.session.step(window.frames, window.start_s, window.end_s)
-        except Exception as error:  # a failed window must not stop the node
-            stream.stats.failed_windows += 1
-            stream.session.reset()  # the cache may be half-updated: the next window starts a new stream
-            self.last_error = f"{stream.name}: {error}"
-            log.exception("window %.1f-%.1f s of %s failed; restarting its stream", window.start_s,
-                          window.end_s, stream.name)
+            outcomes = self.batch.step(windows)
+        except Exception as error:  # a failed step must not stop the node
+            self.batches.failed_steps += 1
+            names = ", ".join(stream.name for stream, _ in work)
+            self.last_error = f"{names}: {error}"
+            log.exception("a step over the windows of %s failed; restarting their streams", names)
+            for stream, _ in work:
+                stream.stats.failed_windows += 1
+                stream.session.reset()  # its cache may be half-updated: the next window starts a new stream
             return
-        latency = time.monotonic() - ready_at
+        described = [outcome for outcome in outcomes if isinstance(outcome, WindowResult)]
+        if described:
+            first = described[0]  # every result of a step carries the whole step's stage seconds
+            self.batches.record(len(described), (first.vision_s, first.prefill_s, first.decode_s))
+        for stream, (window, ready_at, _) in work:
+            outcome = outcomes[stream.row]
+            if isinstance(outcome, Exception):  # refused before the step: that stream is as it was
+                stream.stats.failed_windows += 1
+                self.last_error = f"{stream.name}: {outcome}"
+                log.error("window %.1f-%.1f s of %s was refused (%s); its stream goes on", window.start_s,
+                          window.end_s, stream.name, outcome)
+                continue
+            self._publish(stream, window, outcome, time.monotonic() - ready_at)
+
+    def _publish(self, stream: CameraStream, window: Window, result: WindowResult, latency: float) -> None:
         stream.stats.processed_windows += 1
         stream.stats.latencies.append(latency)
         stream.stats.last_cache_tokens = result.cache_tokens

@@ -386,20 +386,22 @@ class SvlmNode(LifecycleNode):
         self.release()
 
     def _warm_up(self) -> bool:
-        """One blank window per camera session, so the first real window is not the slow one."""
+        """One blank window for every camera, in one batched step, so the first real window is not the slow one."""
         self.get_logger().info("warming up")
-        for name, stream in self.scheduler.cameras.items():
-            self._check_abort("during the warm-up")
-            try:
-                seconds = stream.session.warm_up()
-            except Exception as error:
-                self.model_error = (f"model {self.loaded.name!r} failed its warm-up window for {name}: {error}; "
-                                    "set warm_up:=false to skip the warm-up, or fix the model settings")
-                self.model_status = "failed"
-                self.get_logger().error(self.model_error)
-                self.release()
-                return False
-            self.get_logger().info(f"warmed up {name} in {seconds:.2f} s ({stream.session.decode_mode} decoding)")
+        self._check_abort("during the warm-up")
+        cameras = list(self.scheduler.cameras)
+        try:
+            seconds = self.scheduler.warm_up()
+        except Exception as error:
+            self.model_error = (f"model {self.loaded.name!r} failed its warm-up window for {', '.join(cameras)}: "
+                                f"{error}; set warm_up:=false to skip the warm-up, or fix the model settings")
+            self.model_status = "failed"
+            self.get_logger().error(self.model_error)
+            self.release()
+            return False
+        mode = self.scheduler.batch.streams[0].decode_mode
+        self.get_logger().info(f"warmed up {len(cameras)} camera(s) in one batched step in {seconds:.2f} s "
+                               f"({mode} decoding)")
         return True
 
     def _resume_context(self) -> None:
@@ -668,6 +670,7 @@ class SvlmNode(LifecycleNode):
                              KeyValue(key="publish_errors", value=str(scheduler.publish_errors)),
                              KeyValue(key="worker_busy_with", value=scheduler.busy_with),
                              KeyValue(key="background_jobs_waiting", value=str(scheduler.idle_jobs_waiting))]
+            model.values += [KeyValue(key=k, value=v) for k, v in scheduler.batches.values().items()]
             if scheduler.last_error:
                 model.values.append(KeyValue(key="last_window_error", value=scheduler.last_error))
         array.status.append(model)
