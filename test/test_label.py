@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # training/ is a top-level folder beside svlm_ros/
     sys.path.insert(0, str(ROOT))
 
-from svlm_ros import cli  # noqa: E402
+from svlm_ros import chat, cli  # noqa: E402
 from svlm_ros.replay.reference import load_reference  # noqa: E402
 from svlm_ros.replay.synth import write_synthetic_bag  # noqa: E402
 from training import label as label_module  # noqa: E402
@@ -198,9 +198,9 @@ def server():
 
 @pytest.fixture(autouse=True)
 def waits(monkeypatch):
-    """Retries wait through label._wait: recorded here instead of slept."""
+    """Retries wait through chat._wait (the client the labeller asks through): recorded here instead of slept."""
     recorded = []
-    monkeypatch.setattr(label_module, "_wait", lambda seconds, stop: recorded.append(seconds))
+    monkeypatch.setattr(chat, "_wait", lambda seconds, stop: recorded.append(seconds))
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     return recorded
 
@@ -325,14 +325,16 @@ def test_429s_are_retried_after_their_retry_after(bag, server, tmp_path, waits):
 
 
 def test_backoff_doubles_honours_retry_after_and_is_capped():
+    # The labeller's client is svlm_ros/chat.py's, built from LabelConfig's fields as label_video builds it.
     config = LabelConfig(backoff_s=1.0, max_backoff_s=60.0)
-    client = label_module.TeacherClient("http://127.0.0.1:1/v1", "", config, threading.Event())
+    client = chat.ChatClient("http://127.0.0.1:1/v1", "", timeout_s=config.timeout_s, retries=config.retries,
+                             backoff_s=config.backoff_s, max_backoff_s=config.max_backoff_s, stop=threading.Event())
     for attempt, low in ((0, 1.0), (1, 2.0), (3, 8.0)):
         assert low <= client.delay(attempt, 0.0) <= 1.25 * low
     assert client.delay(0, 7.0) == 7.0 and client.delay(10, 0.0) == 60.0 and client.delay(0, 500.0) == 60.0
-    assert label_module.retry_after_seconds("3") == 3.0 and label_module.retry_after_seconds("soon") == 0.0
-    assert 100 < label_module.retry_after_seconds("Fri, 31 Dec 2100 23:59:59 GMT")
-    assert label_module.retry_after_seconds("Thu, 01 Jan 1970 00:00:00 GMT") == 0.0
+    assert chat.retry_after_seconds("3") == 3.0 and chat.retry_after_seconds("soon") == 0.0
+    assert 100 < chat.retry_after_seconds("Fri, 31 Dec 2100 23:59:59 GMT")
+    assert chat.retry_after_seconds("Thu, 01 Jan 1970 00:00:00 GMT") == 0.0
 
 
 def test_a_second_that_always_fails_is_reported_and_the_others_are_written(bag, server, tmp_path, waits, capsys,

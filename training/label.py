@@ -25,27 +25,28 @@ with `"text": ""`, so it is known to be done and gives the dataset no words.
   picture of the second before gives the "what changed" context without the chain.
 - **Concurrency**: a thread pool of `concurrency` requests in flight; a reader thread decodes and
   encodes ahead, at most 2 x `concurrency` seconds, so memory does not grow with the bag.
-- **Retries**: 429, 408, 409, 425 and 5xx, time-outs and dropped connections are retried
-  `retries` times with exponential backoff (`backoff_s`, doubling, up to 25% jitter), waiting at
-  least the server's Retry-After (seconds or an HTTP date), at most `max_backoff_s`. Other
-  client errors (400, 413, 422) are not retried: asking again cannot help.
+- **Retries** are `svlm_ros/chat.py`'s policy (openai-python's), shared with `svlm judge`: 429,
+  408, 409, 425 and 5xx, time-outs and dropped connections are retried `retries` times with
+  exponential backoff (`backoff_s`, doubling, up to 25% jitter), waiting at least the server's
+  Retry-After (seconds or an HTTP date), at most `max_backoff_s`; a stopped run ends the wait at
+  once. Other client errors (400, 413, 422) are not retried: asking again cannot help.
 - **Errors**: a second that still fails is logged (second, camera, status, the server's
   message), written to `BAG.labels.errors.jsonl` (this run's failures only) and skipped; the
   rest goes on, and the exit status is 1 with a summary line. Errors that would fail every
-  second stop the run with a message saying what to check (exit 2): the endpoint cannot be
-  reached or does not answer chat-completions JSON before any second has succeeded, it answers
-  401, 403 or 404 (a wrong key, path or model name), or it refuses the first 3 seconds asked with
-  a client error and has accepted none (a text-only model, or a server that takes fewer images
-  per prompt).
+  second stop the run with a message saying what to check (exit 2, `EndpointError`): the
+  endpoint cannot be reached or does not answer chat-completions JSON before any second has
+  succeeded, it answers 401, 403 or 404 (a wrong key, path or model name), or it refuses the
+  first 3 seconds asked with a client error and has accepted none (a text-only model, or a
+  server that takes fewer images per prompt).
 - **Cache**: every answer is appended to `BAG.labels.cache.jsonl` (`--cache`) under the SHA-256
   of the request body (model, messages with the frames' bytes, max_tokens, temperature; not the
-  endpoint's address), the format and code of `svlm judge`'s cache. The same question is never
-  asked twice, whichever server answers it. A file rather than a directory: `svlm build-dataset
-  bags/*` would take a directory beside the bags for a source and refuse it, while it skips
-  `*.jsonl` files.
+  endpoint's address): `svlm_ros/chat.py`'s AnswerCache, the one `svlm judge` keeps. The same
+  question is never asked twice, whichever server answers it. A file rather than a directory:
+  `svlm build-dataset bags/*` would take a directory beside the bags for a source and refuse it,
+  while it skips `*.jsonl` files.
 - **Resume**: a second already in the output is not asked again, and lines are appended and
   flushed one at a time, so a killed run keeps what it wrote (a line torn by the kill is dropped
-  and asked again). Answers arriving out of order wait for the seconds before them; at the end,
+  and asked again; `chat.repair_tail`). Answers arriving out of order wait for the seconds before them; at the end,
   if filling a gap left the file out of order (a second that failed before and succeeds now),
   it is rewritten in order and renamed into place. A completed run's file is the same whether it
   took one run or several. Delete the output (not the cache) to write it again with new
@@ -55,19 +56,13 @@ from __future__ import annotations
 
 import argparse
 import base64
-import email.utils
-import http.client
 import json
 import logging
 import math
 import os
 import queue
-import random
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,16 +70,14 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from svlm_ros.chat import AnswerCache, ChatClient, EndpointError, Outcome, repair_tail, request_key
 from svlm_ros.progress import progress
-from svlm_ros.replay.judge import AnswerCache, request_key
 
 from .config import LabelConfig, from_dict
 from .dataset import BAG_SUFFIXES, VIDEO_SUFFIXES, DatasetBuilder, Report, Source
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUSES = (408, 409, 425, 429)  # and every 5xx
-FATAL_STATUSES = (401, 403, 404)  # a wrong key, path or model: every second would fail the same way
 REFUSED_BEFORE_SUCCESS = 3  # this many seconds refused (400, 413, 422) before any success: the requests are wrong
 VIDEO_CAMERA = "video"  # the camera name of a video file (as build-dataset names it)
 
@@ -100,19 +93,6 @@ def _beside(out: Path, suffix: str) -> Path:
     """OUT.labels.jsonl -> OUT.labels<suffix>."""
     name = out.name[:-len(".jsonl")] if out.name.endswith(".jsonl") else out.name
     return out.with_name(name + suffix)
-
-
-def _repair_tail(path: Path) -> None:
-    """Drop a last line torn by a killed run (no final newline), so appending starts a fresh line."""
-    if not path.is_file():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
-        log.warning("%s: dropping an incomplete last line (%d bytes) left by an interrupted run", path,
-                    len(data) - keep)
-        with path.open("r+b") as handle:
-            handle.truncate(keep)
 
 
 # ----- config ------------------------------------------------------------------------------------
@@ -190,157 +170,6 @@ def normalise_answer(answer: str, marker: str) -> str:
     if bare and text.endswith(bare):
         text = text[:-len(bare)].rstrip()  # "A cup appears. ..." -> "A cup appears."
     return text
-
-
-# ----- the HTTP client -------------------------------------------------------------------------------
-@dataclass
-class Outcome:
-    answer: Optional[str] = None  # the message content on success
-    status: Optional[int] = None  # the last HTTP status of a failure (None: no HTTP answer)
-    error: str = ""
-    attempts: int = 0
-    fatal: bool = False  # every second would fail the same way: stop the run
-
-
-class EndpointError(RuntimeError):
-    """The endpoint cannot serve any second (unreachable, not chat-completions, 401/403/404)."""
-
-
-def _wait(seconds: float, stop: threading.Event) -> None:
-    """Sleep between retries, returning early when the run stops (tests replace this to record waits)."""
-    stop.wait(seconds)
-
-
-def retry_after_seconds(value: Optional[str]) -> float:
-    """A Retry-After header: delta seconds or an HTTP date; 0 when absent or unreadable."""
-    if not value:
-        return 0.0
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time())
-    except (TypeError, ValueError, OverflowError):
-        return 0.0
-
-
-def server_message(raw: bytes) -> str:
-    """The error text of an OpenAI-style ({"error": {"message"}}), FastAPI ({"detail"}) or plain answer."""
-    text = raw.decode("utf-8", "replace").strip()
-    try:
-        payload = json.loads(text)
-    except ValueError:
-        return text[:300] or "(empty body)"
-    if isinstance(payload, dict):
-        error = payload.get("error", payload.get("detail", payload.get("message")))
-        if isinstance(error, dict):
-            error = error.get("message", error)
-        if error is not None:
-            return str(error)[:300]
-    return text[:300]
-
-
-class TeacherClient:
-    """POSTs chat completions with retries; thread-safe; counts the requests it sends."""
-
-    def __init__(self, endpoint: str, api_key: str, config: LabelConfig, stop: threading.Event):
-        endpoint = endpoint.rstrip("/")
-        if not endpoint.startswith(("http://", "https://")):
-            raise ValueError(f"--endpoint {endpoint!r} is not an http(s) URL; give the API base, such as "
-                             "http://HOST:8000/v1")
-        self.endpoint = endpoint
-        self.url = endpoint if endpoint.endswith("/chat/completions") else endpoint + "/chat/completions"
-        self.config, self.stop = config, stop
-        self.headers = {"Content-Type": "application/json"}
-        if api_key:
-            self.headers["Authorization"] = f"Bearer {api_key}"
-        self.reached = threading.Event()  # some request got an HTTP answer: the URL is right
-        self.answered = False  # some request got a chat-completions answer
-        self.requests_sent = 0
-        self._lock = threading.Lock()
-
-    def delay(self, attempt: int, retry_after: float) -> float:
-        base = self.config.backoff_s * 2 ** attempt
-        return min(max(base * (1 + 0.25 * random.random()), retry_after), self.config.max_backoff_s)
-
-    def _unreachable(self, reason) -> Outcome:
-        return Outcome(fatal=True, error=(
-            f"cannot reach {self.url}: {reason}. Is the server running and listening there? Start it "
-            f"(for example `vllm serve MODEL --port 8000`), wait until it answers "
-            f"`curl {self.endpoint}/models`, and pass --endpoint its API base, such as http://HOST:8000/v1"))
-
-    def ask(self, body: Dict) -> Outcome:
-        data = json.dumps(body).encode()
-        outcome = Outcome()
-        for attempt in range(self.config.retries + 1):
-            if self.stop.is_set():
-                outcome.error = outcome.error or "the run stopped"
-                return outcome
-            outcome.attempts += 1
-            with self._lock:
-                self.requests_sent += 1
-            status, message, retry_after = None, "", 0.0
-            try:
-                request = urllib.request.Request(self.url, data=data, headers=self.headers, method="POST")
-                with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
-                    raw = response.read()
-                status = response.status
-                try:
-                    content = json.loads(raw)["choices"][0]["message"]["content"]
-                except (ValueError, KeyError, IndexError, TypeError):
-                    message = f"the answer is not chat-completions JSON: {raw[:200]!r}"
-                    if not self.reached.is_set():
-                        return Outcome(fatal=True, status=status, attempts=outcome.attempts, error=(
-                            f"{self.url} answered, but not with OpenAI chat-completions JSON ({raw[:120]!r}); is "
-                            "--endpoint the API base of an OpenAI-compatible server, such as http://HOST:8000/v1?"))
-                else:
-                    self.reached.set()
-                    self.answered = True
-                    outcome.answer, outcome.status = ("" if content is None else str(content)), status
-                    return outcome
-            except urllib.error.HTTPError as error:
-                self.reached.set()
-                try:
-                    raw = error.read() or b""
-                except (OSError, http.client.HTTPException):
-                    raw = b""
-                status, message = error.code, server_message(raw)
-                retry_after = retry_after_seconds(error.headers.get("Retry-After") if error.headers else None)
-                if status in FATAL_STATUSES:
-                    hint = {401: "check --api-key (or OPENAI_API_KEY)", 403: "check --api-key (or OPENAI_API_KEY)",
-                            404: f"check that --endpoint is the API base (such as http://HOST:8000/v1) and that "
-                                 f"the server serves --model {body.get('model')!r} (`curl {self.endpoint}/models`)"}
-                    return Outcome(fatal=True, status=status, attempts=outcome.attempts,
-                                   error=f"{self.url} answered HTTP {status}: {message}; {hint[status]}")
-                if status < 500 and status not in RETRY_STATUSES:
-                    outcome.status, outcome.error = status, message
-                    return outcome  # the request itself is refused: asking again cannot help
-            except urllib.error.URLError as error:
-                reason = error.reason
-                if isinstance(reason, (TimeoutError, socket.timeout)):
-                    message = f"no answer within {self.config.timeout_s:g} s"
-                elif not self.reached.is_set():
-                    return self._unreachable(reason)
-                else:
-                    message = f"connection failed: {reason}"
-            except (TimeoutError, socket.timeout):
-                message = f"no answer within {self.config.timeout_s:g} s"
-            except ConnectionRefusedError as error:
-                if not self.reached.is_set():
-                    return self._unreachable(error)
-                message = f"connection failed: {error}"
-            except (ConnectionError, http.client.HTTPException, OSError) as error:
-                message = f"connection failed: {type(error).__name__}: {error}"
-            outcome.status, outcome.error = status, message
-            if attempt == self.config.retries:
-                return outcome
-            wait = self.delay(attempt, retry_after)
-            log.info("%s (attempt %d of %d); retrying in %.1f s", message if status is None else
-                     f"HTTP {status}: {message}", attempt + 1, self.config.retries + 1, wait)
-            _wait(wait, self.stop)
-        return outcome
 
 
 # ----- reading seconds with the dataset's own code -------------------------------------------------
@@ -469,7 +298,7 @@ class LabelFile:
     def __init__(self, path: Path, unit: float):
         self.path, self.unit = path, unit
         self.lines: Dict[Tuple[str, int], str] = {}  # in file order
-        _repair_tail(path)
+        repair_tail(path)
         if path.is_file():
             for number, line in enumerate(path.read_text().splitlines(), 1):
                 if not line.strip():
@@ -562,11 +391,12 @@ def label_video(video: Path, out: Path, config: LabelConfig, engine, node, endpo
     cameras, estimate = cameras_of(video, camera)
     output = LabelFile(out, engine.frames.window_seconds)
     cache_path = cache_path or _beside(out, ".cache.jsonl")
-    _repair_tail(cache_path)
-    cache = AnswerCache(cache_path)
+    cache = AnswerCache(cache_path)  # repairs a last line torn by a killed run
     errors = ErrorFile(errors_path or _beside(out, ".errors.jsonl"))
     stop = threading.Event()
-    client = TeacherClient(endpoint, api_key, config, stop)
+    client = ChatClient(endpoint, api_key, timeout_s=config.timeout_s, retries=config.retries,
+                        backoff_s=config.backoff_s, max_backoff_s=config.max_backoff_s, stop=stop,
+                        key_hint="--api-key (or OPENAI_API_KEY)")
     summary = Summary(cameras=cameras)
     if output.existing:
         log.info("%s already has %d seconds; they are kept and not asked again (delete it to start over)",

@@ -1,7 +1,7 @@
 """`svlm judge`: StreamingVLM's Inf-Streams-Eval pairwise LLM judge over time windows.
 
-This module owns the judge protocol, the HTTP client for an OpenAI-compatible chat endpoint,
-and the answer cache. The protocol, as StreamingVLM's evaluation runs it:
+This module owns the judge protocol, its defaults (`JudgeConfig`, which the command line's
+defaults come from) and its tally. The protocol, as StreamingVLM's evaluation runs it:
 
 - One question per evaluation window that has reference text (a window with nothing in the
   reference gives the judge nothing to check fidelity against): the reference transcript and
@@ -12,10 +12,13 @@ and the answer cache. The protocol, as StreamingVLM's evaluation runs it:
   position bias cancels out; each answer is mapped back to the run it names.
 - Win rate of A = votes for A / all valid votes (votes for A or B), per window and overall.
   Answers that are neither A nor B (after trimming spaces, quotes, `*` and a final period, and
-  an optional "Answer:" label) are counted as invalid, not as votes. Server errors, time-outs
-  and connection failures are retried with exponential backoff (plus jitter, and at least the
-  server's Retry-After) and, when the retries run out, counted by kind; none of them stops the
-  run. Other client errors (400, 401, 404) are not retried: asking again cannot help.
+  an optional "Answer:" label) are counted as invalid, not as votes.
+
+The asking is `svlm_ros/chat.py`'s, shared with `svlm label`: its retry policy (connection
+failures, time-outs, 408/409/425/429 and 5xx are retried with backoff, at least the server's
+Retry-After), and its answer cache. Failures that remain are counted by kind and none of them
+stops the run; one that would fail every question (the endpoint unreachable, 401, 403, 404) is
+logged once with what to check.
 
 Every answer, cached or fresh, is written to `judge_answers.jsonl`. The cache
 (`judge_cache.jsonl` by default, one line per answer the server gave, valid or not) is keyed by
@@ -25,23 +28,18 @@ resumes where it stopped; failed asks are not cached and are asked again next ti
 """
 from __future__ import annotations
 
-import hashlib
-import http.client
+import argparse
 import json
 import logging
 import os
-import random
 import re
-import socket
 import threading
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..chat import AnswerCache, ChatClient, chat_url, request_key
 from ..progress import progress
 from .quality import Window
 
@@ -64,16 +62,39 @@ class JudgeConfig:
     api_key_env: str = "OPENAI_API_KEY"  # read at run time; no key is sent when it is unset
     concurrency: int = 4  # requests in flight; endpoints rate-limit, 4 is polite and still quick
     timeout_s: float = 60.0  # per request; a judge answering one letter needs far less
-    retries: int = 3  # after the first attempt, for 5xx, 429, time-outs and connection errors
-    backoff_s: float = 1.0  # first retry waits about this long, doubling each time
+    retries: int = 3  # after the first attempt, for 5xx, 429, 408, time-outs and connection errors
+    backoff_s: float = 1.0  # first retry waits about this long (plus up to 25%), doubling each time
     max_chars: int = 4000  # per text in the prompt ("a few thousand characters" in the reference)
     max_tokens: int = 16  # one letter; a little room for models that add a period or a label
     temperature: float = 0.0
+    max_backoff_s: float = 60.0  # no wait is longer, a server's Retry-After included
 
     @property
     def url(self) -> str:
-        endpoint = self.endpoint.rstrip("/")
-        return endpoint if endpoint.endswith("/chat/completions") else endpoint + "/chat/completions"
+        return chat_url(self.endpoint)
+
+
+def add_client_arguments(parser: argparse.ArgumentParser) -> None:
+    """The judge's endpoint and asking flags, their defaults JudgeConfig's (`svlm judge`)."""
+    parser.add_argument("--endpoint", required=True,
+                        help="OpenAI-compatible API base URL (…/v1) or its /chat/completions URL")
+    parser.add_argument("--model", required=True, help="the judge model's name at the endpoint")
+    parser.add_argument("--api-key-env", default=JudgeConfig.api_key_env,
+                        help="environment variable holding the API key (unset: no key is sent)")
+    parser.add_argument("--concurrency", type=int, default=JudgeConfig.concurrency, help="requests in flight")
+    parser.add_argument("--timeout", type=float, default=JudgeConfig.timeout_s, help="seconds per request")
+    parser.add_argument("--retries", type=int, default=JudgeConfig.retries,
+                        help="retries on 5xx, 429, 408, time-outs, connection errors")
+    parser.add_argument("--backoff", type=float, default=JudgeConfig.backoff_s,
+                        help="first retry delay in seconds (doubles)")
+    parser.add_argument("--max-chars", type=int, default=JudgeConfig.max_chars,
+                        help="characters of each text in a prompt")
+
+
+def config_from_args(args: argparse.Namespace) -> JudgeConfig:
+    return JudgeConfig(args.endpoint, args.model, api_key_env=args.api_key_env, concurrency=args.concurrency,
+                       timeout_s=args.timeout, retries=args.retries, backoff_s=args.backoff,
+                       max_chars=args.max_chars)
 
 
 def parse_vote(content: Optional[str]) -> Optional[str]:
@@ -99,97 +120,18 @@ def request_body(config: JudgeConfig, messages: List[Dict[str, str]]) -> Dict:
             "max_tokens": config.max_tokens}
 
 
-def request_key(body: Dict) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
-
-class AnswerCache:
-    """Answers the server gave, one JSON line each, appended and flushed as they arrive."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.answers: Dict[str, str] = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    item = json.loads(line)
-                    self.answers[item["key"]] = item["answer"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue  # a line torn by an interrupted run: that question is asked again
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> Optional[str]:
-        return self.answers.get(key)
-
-    def put(self, key: str, answer: str) -> None:
-        with self._lock:
-            self.answers[key] = answer
-            with self.path.open("a") as handle:
-                handle.write(json.dumps({"key": key, "answer": answer}, ensure_ascii=False) + "\n")
-
-
-class ChatClient:
-    """POSTs chat completions with retries; returns (answer, error kind, retried kinds)."""
-
-    def __init__(self, config: JudgeConfig):
-        self.config = config
-        key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
-        self.headers = {"Content-Type": "application/json"}
-        if key:
-            self.headers["Authorization"] = f"Bearer {key}"
-        self.requests_sent = 0
-        self._lock = threading.Lock()
-
-    def ask(self, body: Dict) -> Tuple[Optional[str], Optional[str], List[str]]:
-        retried: List[str] = []
-        data = json.dumps(body).encode()
-        for attempt in range(self.config.retries + 1):
-            with self._lock:
-                self.requests_sent += 1
-            kind, retry_after = None, 0.0
-            try:
-                request = urllib.request.Request(self.config.url, data=data, headers=self.headers, method="POST")
-                with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
-                    payload = json.loads(response.read().decode("utf-8"))
-                content = payload["choices"][0]["message"]["content"]
-                return ("" if content is None else str(content)), None, retried
-            except urllib.error.HTTPError as error:
-                kind = f"http_{error.code}"
-                if error.code != 429 and error.code < 500:
-                    return None, kind, retried  # the request itself is wrong: asking again cannot help
-                retry_after = _seconds(error.headers.get("Retry-After") if error.headers else None)
-            except (TimeoutError, socket.timeout):
-                kind = "timeout"
-            except urllib.error.URLError as error:
-                kind = "timeout" if isinstance(error.reason, (TimeoutError, socket.timeout)) else "connection"
-            except (ConnectionError, http.client.HTTPException, OSError):
-                kind = "connection"
-            except (ValueError, KeyError, IndexError, TypeError):
-                kind = "bad_response"  # not the chat-completions JSON: a proxy's error page, a truncated body
-            if attempt == self.config.retries:
-                return None, kind, retried
-            retried.append(kind)
-            delay = self.config.backoff_s * 2 ** attempt + random.uniform(0, self.config.backoff_s)
-            time.sleep(min(max(delay, retry_after), 60.0))
-        return None, "no_attempt", retried
-
-
-def _seconds(value: Optional[str]) -> float:
-    try:
-        return max(0.0, float(value)) if value else 0.0
-    except ValueError:
-        return 0.0
-
-
 def judge_pairs(pairs: Sequence[Tuple[Window, Window]], config: JudgeConfig, out: Path,
                 cache_path: Optional[Path] = None, names: Tuple[str, str] = ("A", "B")) -> Dict:
     """Ask the judge about every window with reference text, twice; write answers and summary."""
     if config.concurrency < 1 or config.retries < 0 or config.timeout_s <= 0:
         raise ValueError("--concurrency must be >= 1, --retries >= 0 and --timeout > 0")
+    stop = threading.Event()
+    api_key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+    client = ChatClient(config.endpoint, api_key, timeout_s=config.timeout_s, retries=config.retries,
+                        backoff_s=config.backoff_s, max_backoff_s=config.max_backoff_s, stop=stop,
+                        key_hint=f"the key in ${config.api_key_env} (--api-key-env)")
     out.mkdir(parents=True, exist_ok=True)
     cache = AnswerCache(cache_path or out / "judge_cache.jsonl")
-    client = ChatClient(config)
     judged = [(a, b) for a, b in pairs if a.reference]
     asks = []  # (window number, order, body, key); order "AB": run A shown as "A"
     for number, (a, b) in enumerate(judged):
@@ -207,18 +149,23 @@ def judge_pairs(pairs: Sequence[Tuple[Window, Window]], config: JudgeConfig, out
     log.info("judge: %d windows, %d questions, %d cached, %d to ask %s", len(judged), len(asks),
              len(asks) - len(pending), len(pending), config.url)
     executor = ThreadPoolExecutor(max_workers=config.concurrency)
+    told = False
     try:
         futures = {executor.submit(client.ask, asks[i][2]): i for i in pending}
         for future in progress(as_completed(futures), total=len(futures), desc="judge", unit="ask"):
             i = futures[future]
-            answer, error, retried = future.result()
-            if answer is not None:
-                cache.put(asks[i][3], answer)
-            results[i] = {"answer": answer, "error": error, "retried": retried, "cached": False}
+            outcome = future.result()
+            if outcome.answer is not None:
+                cache.put(asks[i][3], outcome.answer)
+            elif outcome.fatal and not told:
+                told = True  # the same for every question: said once, counted for each
+                log.error("judge: %s", outcome.error)
+            results[i] = {"answer": outcome.answer, "error": None if outcome.answer is not None else outcome.kind,
+                          "retried": outcome.retried, "cached": False}
     except KeyboardInterrupt:
+        stop.set()  # asks waiting to retry give up now instead of sleeping out their backoff
         executor.shutdown(wait=False, cancel_futures=True)
-        log.warning("judge interrupted: %d answers are cached; run the same command again to resume",
-                    len(cache.answers))
+        log.warning("judge interrupted: %d answers are cached; run the same command again to resume", len(cache))
         raise
     executor.shutdown(wait=True)
     summary, answers = _tally(judged, asks, results, names)
