@@ -62,11 +62,6 @@ class WindowAssembler:
         self.confirm_s = confirm_s  # ... but once the new timeline has gone on this long
         self.reset()
 
-    # Kept for callers that read the old name.
-    @property
-    def restart_after_s(self) -> float:
-        return self.jump_s
-
     def reset(self) -> None:
         self.anchor: Optional[float] = None
         self.index = 0
