@@ -23,9 +23,6 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFL
 
 case $stage in check|streaming|baselines|fps8|modes|cameras) ;;
   *) echo "gpu_bench: unknown stage $stage; use check, streaming, baselines, fps8, modes or cameras" >&2; exit 2 ;;
-  cameras)
-    "$PY" -m pytest -q -p no:cacheprovider -o addopts="" test/test_engine_batch.py -k "cuda_graph or static"
-    "${bench[@]}" --attn sdpa --decode cuda_graph --cameras 1 2 4 8 --camera-seconds 20 --out "$OUT/cameras" ;;
 esac
 "$PY" -c 'import torch' 2>/dev/null || { echo "gpu_bench: $PY has no torch; set PYTHON to one with CUDA torch" >&2; exit 1; }
 "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "gpu_bench: no CUDA device visible to torch")'

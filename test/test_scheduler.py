@@ -212,19 +212,47 @@ def test_a_batch_waits_for_a_live_camera_and_a_question_goes_first(tiny_model):
         if len(published) == 2:
             both.set()
 
-    node = NodeConfig(image_topics=["/a", "/b"], batch_wait_s=10.0, camera_timeout_s=3600.0)
+    # An hour: longer than any machine takes to answer; only /b's window (or the stop) ends the wait.
+    node = NodeConfig(image_topics=["/a", "/b"], batch_wait_s=3600.0, camera_timeout_s=3600.0)
     scheduler = Scheduler(tiny_model, small_engine(1), node, publish, ["/a", "/b"])
-    feed_camera(scheduler, "/b", [10.0])  # /b is live, its window still open
-    scheduler.start()
+    try:
+        feed_camera(scheduler, "/b", [10.0])  # /b is live, its window still open
+        scheduler.start()
+        feed_camera(scheduler, "/a", [10 + k / 4 for k in range(4 + 1)])
+        scheduler.notify()
+        answer = scheduler.ask("/a", "What do you see?").result(timeout=120)
+        assert answer.window == -1 and published == []  # answered before /a's window, which still waits
+        feed_camera(scheduler, "/b", [10.5, 11.0])
+        scheduler.notify()
+        wait(both, "both windows")
+        assert sorted(published) == ["/a", "/b"] and scheduler.batches.steps == {2: 1}
+    finally:
+        assert scheduler.stop(timeout=60)
+
+
+def test_a_stop_ends_a_batch_wait_and_starts_no_background_job(tiny_model):
+    """Shutdown while a batch waits for a straggler: the worker stops without running the summary queued."""
+    node = NodeConfig(image_topics=["/a", "/b"], batch_wait_s=3600.0, camera_timeout_s=3600.0)
+    scheduler = Scheduler(tiny_model, small_engine(1), node, lambda described: None, ["/a", "/b"])
+    feed_camera(scheduler, "/b", [10.0])
     feed_camera(scheduler, "/a", [10 + k / 4 for k in range(4 + 1)])
-    scheduler.notify()
-    answer = scheduler.ask("/a", "What do you see?").result(timeout=120)
-    assert answer.window == -1 and published == []  # answered before /a's window, which still waits
-    feed_camera(scheduler, "/b", [10.5, 11.0])
-    scheduler.notify()
-    wait(both, "both windows")
-    assert sorted(published) == ["/a", "/b"] and scheduler.batches.steps == {2: 1}
-    scheduler.stop(timeout=60)
+    ran = []
+    job = scheduler.when_idle(lambda: ran.append("summary"))
+    scheduler.start()
+    assert scheduler.stop(timeout=60)
+    assert ran == [] and not job.done() and len(scheduler.cameras["/a"].queue) == 1
+
+
+def test_a_30_hz_and_a_1_hz_camera_take_turns_one_window_per_sensor_second(tiny_model):
+    """max_batch=1, both cameras backlogged: the 30-Hz camera's many frames win it nothing."""
+    published = []
+    scheduler = Scheduler(tiny_model, small_engine(1), NodeConfig(image_topics=["/a", "/b"], max_batch=1),
+                          published.append, ["/a", "/b"], offline=True)
+    feed_camera(scheduler, "/a", [10 + k / 30 for k in range(3 * 30 + 1)])
+    feed_camera(scheduler, "/b", [500.0 + k for k in range(3 + 1)])
+    scheduler.drain()
+    assert [(d.camera, d.window.start_s) for d in published] == [
+        ("/a", 10.0), ("/b", 500.0), ("/a", 11.0), ("/b", 501.0), ("/a", 12.0), ("/b", 502.0)]
 
 
 def test_a_refused_window_costs_only_its_camera_and_a_failed_step_restarts_only_its_cameras(tiny_model,
@@ -250,13 +278,31 @@ def test_a_refused_window_costs_only_its_camera_and_a_failed_step_restarts_only_
     assert scheduler.cameras["/b"].stats.failed_windows == 1 and scheduler.cameras["/a"].stats.failed_windows == 0
     assert "a refused window" in scheduler.last_error
 
+    prefill = session_b._prefill_window
+    failures = iter([RuntimeError("out of memory in /b's prefill")])
+
+    def fail_once(*args, **kwargs):
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return prefill(*args, **kwargs)
+
+    session_b._prefill_window = fail_once
+    for camera in ("/a", "/b"):
+        feed_camera(scheduler, camera, [12 + k / 4 for k in range(1, 5)])
+    scheduler.drain()
+    assert published[-1].camera == "/a" and published[-1].result.index == 2  # /a went on in the same step
+    assert session_b.window_count == 0 and scheduler.cameras["/b"].stats.failed_windows == 2  # /b alone restarted
+    assert "out of memory" in scheduler.last_error
+    session_b._prefill_window = prefill
+
     decode = scheduler.batch._decode
     monkeypatch.setattr(scheduler.batch, "_decode", lambda logits: (_ for _ in ()).throw(RuntimeError("decode broke")))
-    feed_camera(scheduler, "/a", [12 + k / 4 for k in range(1, 5)])
+    feed_camera(scheduler, "/a", [13 + k / 4 for k in range(1, 5)])
     scheduler.drain()
     assert scheduler.batches.failed_steps == 1 and scheduler.cameras["/a"].session.window_count == 0  # restarted
-    assert scheduler.cameras["/b"].session.window_count == 1  # not in the failed step: untouched
+    assert session_b.window_count == 0 and scheduler.cameras["/b"].stats.failed_windows == 2  # not in that step
     monkeypatch.setattr(scheduler.batch, "_decode", decode)
-    feed_camera(scheduler, "/a", [13 + k / 4 for k in range(1, 5)])
+    feed_camera(scheduler, "/a", [14 + k / 4 for k in range(1, 5)])
     scheduler.drain()
     assert published[-1].camera == "/a" and published[-1].result.index == 0  # a fresh stream goes on

@@ -38,6 +38,11 @@ class StreamWindow:
     user_text: Optional[str] = None
 
 
+class StreamFailed(RuntimeError):
+    """A stream's window failed inside a batched step (its prefill); that stream was reset, the
+    others went on."""
+
+
 class StreamBatch:
     def __init__(self, loaded: LoadedModel, configs: Sequence[EngineConfig], initial_capacity: int = 1024):
         """One stream per config; every stream decodes in the first config's decode mode."""
@@ -90,7 +95,8 @@ class StreamBatch:
         """Step every stream that has a window (None: that stream sits this step out).
 
         Returns, per stream, its WindowResult, the error that refused its window (that stream
-        is left as it was, the others go on), or None. A result's stage seconds are the whole
+        is left as it was, the others go on), a StreamFailed when its prefill failed (that stream
+        was reset, the others go on), or None. A result's stage seconds are the whole
         batched step's (the work is shared)."""
         if len(windows) != len(self.streams):
             raise ValueError(f"{len(windows)} windows for a batch of {len(self.streams)} streams")
@@ -112,11 +118,17 @@ class StreamBatch:
             with timer:
                 features = vision_features(self.loaded, [checked[row].vision_input for row in rows])
             with timer:
-                logits = {row: self.streams[row]._prefill_window(checked[row], feature)
-                          for row, feature in zip(rows, features)}
+                logits = {}
+                for row, feature in zip(rows, features):
+                    try:
+                        logits[row] = self.streams[row]._prefill_window(checked[row], feature)
+                    except Exception as error:  # its row may be half-written: it alone starts afresh
+                        self.streams[row].reset()
+                        outcomes[row] = StreamFailed(f"{type(error).__name__}: {error}")
+                        outcomes[row].__cause__ = error
             with timer:
-                answers = self._decode(logits)
-        for row in rows:
+                answers = self._decode(logits) if logits else {}
+        for row in answers:
             words, generated, truncated = answers[row]
             outcomes[row] = self.streams[row]._finish_window(checked[row], words, generated, truncated,
                                                              timer.seconds)

@@ -19,53 +19,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-
 from ..config import EngineConfig, NodeConfig
-from ..engine.batch import StreamBatch, StreamWindow
+from ..engine.batch import StreamBatch, StreamFailed, StreamWindow
 from ..engine.models import LoadedModel
 from ..engine.session import Answer, StreamSession, WindowResult
-from ..engine.windows import Window, WindowAssembler
-from .images import BadImage, to_rgb
+from ..engine.windows import Window
+from ..sources.intake import FrameIntake
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class CameraStats:
-    frames: int = 0
-    late_frames: int = 0  # dropped: late, out of order, or a jump in time that did not go on
-    bad_frames: int = 0
-    skipped_windows: int = 0
-    empty_windows: int = 0
-    restarts: int = 0
-    forward_jumps: int = 0
-    processed_windows: int = 0
-    failed_windows: int = 0
-    unconverted_frames: int = 0  # not needed by the sampler, so never decoded
-    zero_stamps: int = 0
-    repeated_stamps: int = 0
-    resolution_changes: int = 0
-    resolution: str = ""
-    stamp_problem: str = ""  # set while the camera's stamps are unusable, for a WARN in diagnostics
-    last_frame_wall: Optional[float] = None
-    latencies: Deque[float] = field(default_factory=lambda: collections.deque(maxlen=120))
-    last_cache_tokens: int = 0
-    bad_frames_by_cause: Dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> Dict[str, object]:
-        """Counters for reports (the rolling latencies and wall times stay out)."""
-        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(self).items()
-                if k not in ("latencies", "last_frame_wall", "stamp_problem", "resolution")}
-
-
-class FrameWarning(str):
-    """A warning to log, with its kind, so a node can throttle per (camera, kind)."""
-
-    def __new__(cls, text: str, kind: str):
-        warning = super().__new__(cls, text)
-        warning.kind = kind
-        return warning
 
 
 @dataclass
@@ -77,8 +38,6 @@ class Described:
     frame_id: str = ""  # the camera's frame when the window was described: publishing needs no scheduler
 
 
-# Repeated stamps are only worth a warning when they persist; one duplicate is harmless.
-REPEATED_STAMPS_WARN = 3
 # Offline (a replay read as fast as it goes), a camera this many windows ahead of a camera that
 # sent none is described without it: the other lags far behind in the bag, or has stopped.
 OFFLINE_LEAD = 4
@@ -93,15 +52,26 @@ class BatchStats:
     last_stage_s: Tuple[float, float, float] = (0.0, 0.0, 0.0)
     failed_steps: int = 0
 
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # the worker writes, diagnostics read
+
     def record(self, size: int, stage_s: Tuple[float, float, float]) -> None:
-        self.steps[size] = self.steps.get(size, 0) + 1
-        summed = self.stage_s.setdefault(size, [0.0, 0.0, 0.0])
-        for stage, seconds in enumerate(stage_s):
-            summed[stage] += seconds
-        self.last_size, self.last_stage_s = size, stage_s
+        with self.lock:
+            self.steps[size] = self.steps.get(size, 0) + 1
+            summed = self.stage_s.setdefault(size, [0.0, 0.0, 0.0])
+            for stage, seconds in enumerate(stage_s):
+                summed[stage] += seconds
+            self.last_size, self.last_stage_s = size, stage_s
+
+    def failed(self) -> None:
+        with self.lock:
+            self.failed_steps += 1
 
     def values(self) -> Dict[str, str]:
         """Diagnostics key-values: `2:140 3:12` (steps by size), mean seconds per step by size."""
+        with self.lock:
+            return self._values()
+
+    def _values(self) -> Dict[str, str]:
         sizes = sorted(self.steps)
 
         def mean(stage: Optional[int]) -> str:
@@ -119,19 +89,18 @@ class BatchStats:
                 "failed_batch_steps": str(self.failed_steps)}
 
 
-class CameraStream:
+class CameraStream(FrameIntake):
+    """A camera of the node: its frame intake, its queue of windows for the model, its stream."""
+
     def __init__(self, name: str, session: StreamSession, node: NodeConfig, row: int = 0,
                  queue_size: Optional[int] = None):
         """`session`: this camera's stream (its row `row` of the scheduler's StreamBatch).
         `queue_size`: windows kept waiting (node.max_queued_windows; None: all, for replays)."""
+        super().__init__(session.config.frames, node.restart_after_s, node.jump_confirm_s)
         self.name = name
         self.session = session
         self.row = row
-        frames = session.config.frames
-        self.assembler = WindowAssembler(frames.window_seconds, frames.frames_per_window, node.restart_after_s,
-                                         node.jump_confirm_s)
         self.queue: Deque[tuple] = collections.deque(maxlen=queue_size)
-        self.stats = CameraStats()
         # A new stream (time jumped back, ~/reset) bumps the generation; the
         # worker resets the session when it reaches the first window of a newer generation, so
         # windows of the old stream still queued are described first, not lost.
@@ -141,119 +110,12 @@ class CameraStream:
         self.frame_id = ""  # the camera's frame, from its latest image
         self.last_result: Optional[WindowResult] = None
         self.on_skip: Optional[Callable[[Window], None]] = None  # told of each window the queue drops
-        self.lock = threading.Lock()
         self.last_step = 0  # the scheduler's step this camera was last in (fairness: who sat out goes first)
-        self._last_stamp: Optional[float] = None
-        self._repeats = 0
 
-    def feed(self, stamp_s: float, msg) -> List[str]:
-        """One image message (rclpy or rosbags): check, convert if the sampler needs it, and add it.
+    def _restarted(self) -> None:
+        self.generation += 1
 
-        The node's image callback and the replay tool both come through here, so a bag is
-        described exactly as the camera would be. Only frames the sampler keeps are converted
-        (at 2 fps from a 30-Hz camera, one in fifteen), so a defect that only decoding reveals
-        (a corrupt JPEG) is noticed on sampled frames only. Returns warnings to log (already
-        counted)."""
-        return self.feed_lazy(stamp_s, lambda: msg)
-
-    def feed_lazy(self, stamp_s: float, load: Callable[[], object]) -> List[str]:
-        """`feed` for a message that is costly to get (deserialized on demand): `load()` returns it."""
-        with self.lock:
-            self.stats.frames += 1
-            self.stats.last_frame_wall = time.monotonic()
-            warnings = self._check_stamp(stamp_s)
-            if warnings is not None:
-                return warnings
-            if not self.assembler.wants(stamp_s):
-                self.stats.unconverted_frames += 1
-                return self._add(stamp_s, None)
-        # Converting outside the lock keeps the worker's `take` from waiting on a decode;
-        # one camera's callbacks run one at a time (the node gives each camera its own group).
-        try:
-            msg = load()
-            frame = to_rgb(msg)
-        except BadImage as error:
-            with self.lock:
-                self.stats.bad_frames += 1
-                self.stats.bad_frames_by_cause[error.cause] = self.stats.bad_frames_by_cause.get(error.cause, 0) + 1
-            return [FrameWarning(f"{error}; frame dropped", error.cause)]
-        with self.lock:
-            warnings = self._check_resolution(frame)
-            return warnings + self._add(stamp_s, frame)
-
-    def _check_stamp(self, stamp_s: float) -> Optional[List[str]]:
-        if stamp_s == 0.0:
-            self.stats.zero_stamps += 1
-            self.stats.stamp_problem = "frames have a zero header.stamp"
-            return [FrameWarning(
-                "frame has header.stamp = 0: the camera driver sets no stamp, and windows are cut by "
-                "sensor time; stamp each frame with its capture time (or the receive time) in the driver; "
-                "frame dropped", "zero_stamp")]
-        if stamp_s == self._last_stamp:
-            self._repeats += 1
-            self.stats.repeated_stamps += 1
-            if self._repeats >= REPEATED_STAMPS_WARN:
-                self.stats.stamp_problem = f"{self._repeats + 1} frames in a row share header.stamp {stamp_s:.3f}"
-                return [FrameWarning(
-                    f"{self._repeats + 1} frames in a row carry the same header.stamp ({stamp_s:.3f} s): "
-                    "the camera driver does not stamp each frame, and windows are cut by sensor time; "
-                    "stamp each frame with its capture time; repeated frames dropped", "repeated_stamp")]
-            return []
-        self._last_stamp, self._repeats = stamp_s, 0
-        self.stats.stamp_problem = ""
-        return None
-
-    def _check_resolution(self, frame: np.ndarray) -> List[str]:
-        size = f"{frame.shape[1]}x{frame.shape[0]}"
-        previous, self.stats.resolution = self.stats.resolution, size
-        if previous and previous != size:
-            self.stats.resolution_changes += 1
-            return [FrameWarning(f"resolution changed from {previous} to {size}; frames are resized to the "
-                                 "model's grid, so the stream goes on", "resolution")]
-        return []
-
-    def flush(self) -> None:
-        """The input ended (a bag, a file): queue the open window, which no later frame will close."""
-        with self.lock:
-            window = self.assembler.flush()
-            if window is not None:
-                self._enqueue(window)
-
-    def _add(self, stamp_s: float, frame: Optional[np.ndarray]) -> List[str]:
-        warnings = []
-        added = self.assembler.add(stamp_s, frame)
-        if added.late:
-            self.stats.late_frames += 1
-            warnings.append(FrameWarning(f"dropped a late or out-of-order frame (stamp {stamp_s:.3f} s, "
-                                         f"open window starts at {self.assembler.window_start:.3f} s)", "late"))
-        if added.dropped_jump:
-            self.stats.late_frames += added.dropped_jump
-            warnings.append(FrameWarning(
-                f"dropped {added.dropped_jump} frame(s) whose stamps jumped away from the stream's time and "
-                f"did not go on for jump_confirm_s={self.assembler.confirm_s} s (a clock glitch); the stream "
-                "keeps its context", "late"))
-        if added.held and self.assembler.pending_jump.frames == 1:
-            jump = self.assembler.pending_jump
-            warnings.append(FrameWarning(
-                f"sensor time jumped {'back' if jump.backward else 'forward'} to {stamp_s:.3f} s; believed if it "
-                f"goes on for jump_confirm_s={self.assembler.confirm_s} s", "jump"))
-        if added.ended is not None:
-            self._enqueue(added.ended)
-        if added.restarted:
-            self.stats.restarts += 1
-            self.generation += 1
-            warnings.append(FrameWarning(f"sensor time jumped back to {self.assembler.anchor:.3f} s and went on: "
-                                         "starting a fresh stream", "restart"))
-        if added.jumped_forward:
-            self.stats.forward_jumps += 1
-            warnings.append(FrameWarning(f"sensor time jumped forward to {stamp_s:.3f} s and went on: the stream "
-                                         "continues after the gap", "jump"))
-        self.stats.empty_windows += added.skipped_empty
-        for window in added.windows:
-            self._enqueue(window)
-        return warnings
-
-    def _enqueue(self, window: Window) -> None:
+    def _window_ready(self, window: Window) -> None:
         if len(self.queue) == self.queue.maxlen:  # the oldest queued window is dropped: skipped
             self.stats.skipped_windows += 1
             if self.on_skip is not None:
@@ -268,6 +130,7 @@ class CameraStream:
         """When the oldest queued window became ready (monotonic), None if none waits."""
         with self.lock:
             return self.queue[0][1] if self.queue else None
+
 
 
 class Scheduler:
@@ -422,7 +285,8 @@ class Scheduler:
 
     def set_instruction(self, text: str) -> None:
         for stream in self.cameras.values():
-            stream.pending_instruction = text
+            with stream.lock:
+                stream.pending_instruction = text
         self._wake.set()
 
     # ----- the worker ------------------------------------------------------------------------
@@ -448,7 +312,7 @@ class Scheduler:
                         self.busy_with = f"a batch of {', '.join(stream.name for stream, _ in work)}"
                         self._describe(work)
                         continue
-                    if self._questions:  # one came while the batch waited for stragglers: it goes first
+                    if self._questions or self._stop.is_set():  # came while a batch waited: they go first
                         continue
                     if self._idle_jobs:
                         self.busy_with = "a background job (summary)"
@@ -482,14 +346,14 @@ class Scheduler:
 
         With `wait`, a batch smaller than the live cameras waits up to batch_wait_s after its oldest
         window became ready for the others' windows; a question or a stop ends the wait with no batch."""
-        limit = max(1, self.node_config.max_batch)
         ready = self._ready()
         if not ready:
             return []
         if wait:
-            deadline = ready[0][0] + self.node_config.batch_wait_s
-            while len(ready) < min(limit, self._live_cameras()):
-                left = deadline - time.monotonic()
+            # node_config is read each turn: a runtime change of batch_wait_s or max_batch (which
+            # notifies) applies to the wait in progress.
+            while len(ready) < min(max(1, self.node_config.max_batch), self._live_cameras()):
+                left = min(since for since, _ in ready) + self.node_config.batch_wait_s - time.monotonic()
                 if left <= 0 or self._stop.is_set() or self._questions:
                     break
                 self._wake.wait(left)
@@ -497,7 +361,7 @@ class Scheduler:
                 ready = self._ready()
             if self._stop.is_set() or self._questions:
                 return []
-        return self._take([stream for _, stream in ready[:limit]])
+        return self._take([stream for _, stream in ready[:max(1, self.node_config.max_batch)]])
 
     def _due_batch(self) -> List[tuple]:
         queued = {stream: len(stream.queue) for stream in self.cameras.values() if stream.stats.frames}
@@ -515,7 +379,8 @@ class Scheduler:
         if generation != stream.session_generation:
             stream.session.reset()
             stream.session_generation = generation
-        text, stream.pending_instruction = stream.pending_instruction, None
+        with stream.lock:  # set_instruction writes it from a ROS thread
+            text, stream.pending_instruction = stream.pending_instruction, None
         if text is not None:
             stream.session.set_instruction(text)
 
@@ -530,7 +395,7 @@ class Scheduler:
         try:
             outcomes = self.batch.step(windows)
         except Exception as error:  # a failed step must not stop the node
-            self.batches.failed_steps += 1
+            self.batches.failed()
             names = ", ".join(stream.name for stream, _ in work)
             self.last_error = f"{names}: {error}"
             log.exception("a step over the windows of %s failed; restarting their streams", names)
@@ -544,6 +409,12 @@ class Scheduler:
             self.batches.record(len(described), (first.vision_s, first.prefill_s, first.decode_s))
         for stream, (window, ready_at, _) in work:
             outcome = outcomes[stream.row]
+            if isinstance(outcome, StreamFailed):
+                stream.stats.failed_windows += 1
+                self.last_error = f"{stream.name}: {outcome}"
+                log.error("window %.1f-%.1f s of %s failed (%s); its stream was restarted, the others went on",
+                          window.start_s, window.end_s, stream.name, outcome)
+                continue
             if isinstance(outcome, Exception):  # refused before the step: that stream is as it was
                 stream.stats.failed_windows += 1
                 self.last_error = f"{stream.name}: {outcome}"
@@ -569,7 +440,9 @@ class Scheduler:
             return
         try:
             stream = self.cameras[camera]
-            self._prepare(stream, stream.session_generation)
+            with stream.lock:  # the stream the next window belongs to: after ~/reset, a fresh one
+                generation = stream.queue[0][2] if stream.queue else stream.generation
+            self._prepare(stream, generation)
             future.set_result(stream.session.ask(question, recalled=recalled))
         except Exception as error:
             future.set_exception(error)

@@ -26,9 +26,10 @@ from svlm_ros.srv import Ask, Recall
 
 from ..engine.models import RANDOM_MODELS, load_model
 from . import parameters
-from .images import BadImage
+from ..sources.images import BadImage
 from .memory import NodeMemory, to_entry_msg
-from .scheduler import Described, FrameWarning, Scheduler
+from ..sources.intake import FrameWarning
+from .scheduler import Described, Scheduler
 from .stamps import to_seconds, to_time_msg
 
 COMPRESSED_SUFFIX = "/compressed"  # the image_transport convention
@@ -187,6 +188,7 @@ class SvlmNode(LifecycleNode):
             self.get_logger().info(f"standing instruction is now {changes['prompt.instruction']!r}")
         if self.scheduler is not None:
             self.scheduler.node_config = self.node_config
+            self.scheduler.notify()  # a batch waiting for stragglers reads batch_wait_s and max_batch again
         if self.memory is not None:
             self.memory.update_config(self.node_config.memory)
         if "diagnostics_period_s" in changes:

@@ -1,0 +1,16 @@
+"""Where every path takes its input: bags, timed text, stamps, video files and images, ROS-free.
+
+This package owns reading what a robot recorded, for the replay, the training data, the memory
+and the node alike, so that each reads it the same way. It sits below them all and imports
+none of them (numpy, OpenCV and rosbags only; never rclpy).
+
+- `bags.py`: opening a bag, its topics, the names of the files around a recording (bag
+  suffixes, sidecars, run names), and reading camera messages lazily: the stamp is peeked from
+  the serialized header, the message deserialized only when a frame is wanted.
+- `messages.py`: message types registered from this package's own .msg text (no ROS install).
+- `timed_text.py`: timed-text formats (JSONL, WebVTT, SRT, a text topic in a bag), word timing,
+  and the one rule that gives a word its second (metrics, report captions and training text).
+- `stamps.py`: stamps and float seconds, both ways.
+- `videos.py`: frames from video files and folders of images.
+- `images.py`: sensor_msgs Image / CompressedImage to RGB frames, with the cause of a bad one.
+"""
