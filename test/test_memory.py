@@ -1,6 +1,9 @@
 """The memory store: a day of descriptions recalled by word, meaning, time and place (issue 13)."""
 import hashlib
+import json
+import logging
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -12,9 +15,12 @@ import numpy as np
 import pytest
 
 from svlm_ros.config import MemoryConfig
-from svlm_ros.memory import ranking, store as store_module
-from svlm_ros.memory.store import Embedder, Entry, MemoryError, MemoryStore, Pose, StoreCorrupt
-from svlm_ros.memory.summaries import SummaryStore
+from svlm_ros.memory import ranking, schema, store as store_module
+from svlm_ros.memory.errors import StoreCorrupt, StoreError
+from svlm_ros.memory.records import Entry, Pose
+from svlm_ros.memory.store import MemoryStore
+from svlm_ros.memory.summaries import TIERS, SummaryJob, SummaryStore, Summarizer, period_start
+from svlm_ros.memory.vectors import Embedder, quantize
 from svlm_ros.memory.writer import MemoryWriter
 
 from test_node import wait_for
@@ -137,7 +143,8 @@ def test_kill_9_during_writes_loses_no_committed_entry(tmp_path):
     script = textwrap.dedent(f"""
         import sys
         from svlm_ros.config import MemoryConfig
-        from svlm_ros.memory.store import Entry, MemoryStore
+        from svlm_ros.memory.records import Entry
+        from svlm_ros.memory.store import MemoryStore
         import numpy as np
 
         class Zeros:  # no model: this test is about durability
@@ -175,23 +182,44 @@ def test_replay_fills_a_store_that_svlm_recall_searches(tmp_path, capsys):
     assert svlm(["replay", str(bag), "--out", str(tmp_path / "run"), "--memory", str(db), "--model", "tiny-random",
                  "--device", "cpu", "--set", "frames.min_pixels=3136", "--set", "generation.max_new_tokens=4",
                  "--set", "memory.summary_max_tokens=6"]) == 0
-    described = [line for line in (tmp_path / "run" / "descriptions.jsonl").read_text().splitlines() if line]
+    described = [json.loads(line) for line in (tmp_path / "run" / "descriptions.jsonl").read_text().splitlines()
+                 if line]
     stored = MemoryStore(db, MemoryConfig(), Embedder())
     windows = sqlite3.connect(db).execute("SELECT SUM(windows) FROM entries").fetchone()[0]
     assert windows == len(described) == 6  # every window stored (repeats merged into runs)
-    stored.close()
-    # The bag's periods (its 10 minutes, hour and day) were still open when it ended: each is summarized.
+    # The runs the store makes of the windows: a window repeating the text before it (silence
+    # included) extends that run; whatever the random-weight model said.
+    runs = []
+    for window in described:
+        text = "" if window["silent"] else window["text"].strip()
+        if runs and runs[-1][0] == text:
+            runs[-1][2] = window["end"]
+        else:
+            runs.append([text, window["start"], window["end"]])
+    # The bag's periods (its 10 minutes, hour and day) were still open when it ended: each is
+    # summarized, once, and each tier's notes are what the tier below holds.
+    camera, start = "/cam0/image_raw", START_NS / 1e9
     summaries = SummaryStore(db)
-    start = START_NS / 1e9
-    for tier in ("minutes", "hour", "day"):
-        [summary] = summaries.between(tier, None, None, "/cam0/image_raw", with_empty=True)
+    assert summaries.count() == 3
+    summarizer = Summarizer(stored, summaries, MemoryConfig(), len, None)
+    below = [text for text, _, _ in runs if text]  # the minutes' notes: the runs that said something
+    for tier, period in zip(TIERS, (600.0, 3600.0, 86400.0)):
+        [summary] = summaries.between(tier, None, None, camera, with_empty=True)
         assert summary.start <= start < start + 6 <= summary.end
-        assert summary.text, f"the {tier} summary has notes to read: the model wrote something"
+        assert (summary.start, summary.end) == (period_start(start, period), period_start(start, period) + period)
+        assert summary.text == summary.text.strip()
+        notes = summarizer.notes(SummaryJob(camera, tier, summary.start, summary.end))
+        assert [line.split("] ", 1)[1] for line in notes] == below, tier
+        below = [summary.text] if summary.text else []  # an empty summary is no note for the tier above
     summaries.close()
+    stored.close()
     capsys.readouterr()
     assert svlm(["recall", str(db), "--since", str(start + 2), "--until", str(start + 3.5), "--silent"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert 1 <= len(lines) <= 3 and all("/cam0/image_raw" in line for line in lines)
+    hit_line = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[\d+ s\] /cam0/image_raw: (.*)  \(score 0\.000\)$", re.S)
+    found = [hit_line.match(line) for line in re.split(r"\n(?=\d{4}-\d\d-\d\d )", capsys.readouterr().out.strip())]
+    # The runs overlapping (start + 2, start + 3.5), newest first: one or two, as the model spoke.
+    overlapping = [text or "(silent)" for text, begin, end in reversed(runs) if end > start + 2 and begin < start + 3.5]
+    assert all(found) and [m.group(1) for m in found] == overlapping
     assert svlm(["recall", str(tmp_path / "none.sqlite"), "cart"]) == 2
     assert "no memory store" in capsys.readouterr().err
 
@@ -226,7 +254,7 @@ def test_a_store_of_an_older_or_newer_layout_is_refused_with_what_to_do(tmp_path
     db.execute("INSERT INTO texts(text) VALUES ('a cart')")
     db.commit()
     db.close()
-    with pytest.raises(MemoryError, match=r"old\.sqlite has the layout of an older svlm_ros.*Move the file aside"):
+    with pytest.raises(StoreError, match=r"old\.sqlite has the layout of an older svlm_ros.*Move the file aside"):
         MemoryStore(old, MemoryConfig(), Hashed())
     assert sqlite3.connect(old).execute("SELECT text FROM texts").fetchone() == ("a cart",)  # untouched
     newer = tmp_path / "newer.sqlite"
@@ -234,7 +262,7 @@ def test_a_store_of_an_older_or_newer_layout_is_refused_with_what_to_do(tmp_path
     db = sqlite3.connect(newer)
     db.execute("PRAGMA user_version=99")
     db.close()
-    with pytest.raises(MemoryError, match="layout 99, written by a newer svlm_ros"):
+    with pytest.raises(StoreError, match="layout 99, written by a newer svlm_ros"):
         MemoryStore(newer, MemoryConfig(), Hashed())
 
 
@@ -243,7 +271,7 @@ def test_a_new_store_beside_the_summaries_table_still_gets_incremental_vacuum(tm
     SummaryStore(path).close()  # the summaries' table came first
     store = MemoryStore(path, MemoryConfig(), Hashed())
     assert store.db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
     store.add([Entry("/cam", DAY0, DAY0 + 1, "a red cart", False)])
     assert store.recall("cart")[0].text == "a red cart"
 
@@ -366,7 +394,7 @@ def test_the_meaning_index_is_trained_as_texts_grow_and_finds_what_an_exact_scan
     assert store.recall("green drone at the ramp", limit=1)[0].text == "a green drone at the ramp"
     index = store._index
     cells = len(index.centroids)
-    query = store_module.quantize(Hashed()(["pink barrel yard"])[0]).astype(np.float32)
+    query = quantize(Hashed()(["pink barrel yard"])[0]).astype(np.float32)
     similarity = index.similarity(query)
     exact = sorted(similarity.tolist(), reverse=True)[:10]
     found = index.search(query, 10, nprobe=cells - 1)  # nearly every cell: as good as the exact scan
@@ -375,6 +403,56 @@ def test_the_meaning_index_is_trained_as_texts_grow_and_finds_what_an_exact_scan
     reader = MemoryStore(tmp_path / "memory.sqlite", MemoryConfig(), Hashed())
     assert reader.recall("red van at the gate", limit=1)[0].text == "a red van at the gate"
     assert reader._index.centroids is not None and len(reader._index.centroids) == cells
+
+
+def test_vectors_cells_and_kmeans_are_plain_numpy():
+    """The meaning index's arithmetic, without a store: four tight clusters become four cells."""
+    from svlm_ros.memory.vectors import kmeans, nearest_cells
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 384))
+    points = np.repeat(centres, 50, axis=0) + 0.05 * rng.normal(size=(200, 384))
+    points = (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+    stored = quantize(points)
+    assert stored.dtype == np.int8 and np.abs(stored.astype(int)).max() <= 127
+    centroids = kmeans(stored, 4, seed=0)
+    assert centroids.shape == (4, 384) and np.allclose(np.linalg.norm(centroids, axis=1), 1.0, atol=1e-5)
+    cells = nearest_cells(stored, centroids)
+    per_cluster = [set(cells[k * 50:(k + 1) * 50].tolist()) for k in range(4)]
+    assert all(len(cell) == 1 for cell in per_cluster) and set.union(*per_cluster) == {0, 1, 2, 3}
+    assert (nearest_cells(points, centroids) == cells).all()  # float32 rows land where their int8 copies do
+
+
+def test_running_out_of_memory_while_training_the_meaning_index_keeps_the_store_working(tmp_path, monkeypatch,
+                                                                                        caplog):
+    """Python's own MemoryError from k-means is caught as what it is (the store's errors are
+    StoreError): the vectors stay stored, words and meaning still find the texts, and training is
+    tried again only once a quarter more texts have come, not at every embedding step."""
+    monkeypatch.setattr(MemoryStore, "IVF_MIN", 300)
+    tries = []
+
+    def out_of_memory(vectors, k, **options):
+        tries.append(len(vectors))
+        raise MemoryError()
+
+    real_kmeans = store_module.kmeans
+    monkeypatch.setattr(store_module, "kmeans", out_of_memory)
+    store = MemoryStore(tmp_path / "memory.sqlite", MemoryConfig(), Hashed())
+    texts = [f"event {k} by the {['dock', 'gate', 'ramp'][k % 3]}" for k in range(400)]
+    with caplog.at_level(logging.ERROR, logger="svlm_ros.memory.store"):
+        for start in range(0, 350, 50):
+            store.add([Entry("/cam", DAY0 + k, DAY0 + k + 1, texts[k], False) for k in range(start, start + 50)])
+    assert tries == [300]  # at IVF_MIN; not again at 350 (held until 300 + 300 // 4 = 375)
+    [record] = [r for r in caplog.records if "out of memory" in r.getMessage()]
+    assert "training the meaning index over 300 texts" in record.getMessage()
+    assert "tried again at 375 texts" in record.getMessage() and "give this process more memory" in record.getMessage()
+    assert store.awaiting_embedding() == 0 and store._meta("ivf_centroids") == {}
+    assert store.recall("event 123", limit=1)[0].text == "event 123 by the dock"
+    monkeypatch.setattr(store_module, "kmeans", real_kmeans)  # memory again
+    store.add([Entry("/cam", DAY0 + k, DAY0 + k + 1, texts[k], False) for k in range(350, 400)])
+    assert tries == [300] and int(store._meta("ivf_trained_on")["ivf_trained_on"]) == 400
+    assert store.recall("event 377", limit=1)[0].text == "event 377 by the ramp"
+    store.close()
 
 
 def test_two_stores_on_one_file_see_each_others_writes(tmp_path):

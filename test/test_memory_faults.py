@@ -15,8 +15,10 @@ import pytest
 
 from svlm_ros.config import MemoryConfig
 from svlm_ros.memory.embedding_process import ProcessEmbedder
-from svlm_ros.memory.store import (Entry, MemoryError, MemoryStore, Pose, StoreCorrupt, StoreInUse, StoreUnwritable,
-                                   WriterLock, default_path)
+from svlm_ros.memory.errors import StoreCorrupt, StoreError, StoreInUse, StoreUnwritable
+from svlm_ros.memory.lock import WriterLock
+from svlm_ros.memory.records import Entry, Pose
+from svlm_ros.memory.store import MemoryStore, default_path
 from svlm_ros.memory.summaries import SummaryStore
 from svlm_ros.memory.writer import MemoryWriter
 
@@ -184,7 +186,7 @@ def test_two_connections_never_take_the_same_text_id(tmp_path):
         for i in range(400):
             try:
                 stores[k].add([Entry(f"/cam{k}", DAY0 + i, DAY0 + i + 1, f"text {k} {i}", False)], embed=False)
-            except MemoryError as error:
+            except StoreError as error:
                 failures.append(str(error))
 
     threads = [threading.Thread(target=add, args=(k,)) for k in range(2)]
@@ -200,7 +202,7 @@ def test_two_connections_never_take_the_same_text_id(tmp_path):
 
 HOLDER = textwrap.dedent("""
     import sys
-    from svlm_ros.memory.store import WriterLock
+    from svlm_ros.memory.lock import WriterLock
     WriterLock(sys.argv[1], "svlm node /robot1/svlm")
     print("held", flush=True)
     sys.stdin.read()
@@ -331,7 +333,7 @@ def test_closing_the_embedder_stops_a_child_still_loading_and_starts_no_other():
     def embed():
         try:
             answers.append(embedder(["a first text"]))
-        except MemoryError as error:
+        except StoreError as error:
             answers.append(error)
 
     call = threading.Thread(target=embed)
@@ -340,9 +342,9 @@ def test_closing_the_embedder_stops_a_child_still_loading_and_starts_no_other():
     child = embedder._process
     embedder.close(timeout=5)
     call.join(120)
-    assert isinstance(answers[0], MemoryError)  # the call in flight was answered, not waited for
+    assert isinstance(answers[0], StoreError)  # the call in flight was answered, not waited for
     assert not child.is_alive()
-    with pytest.raises(MemoryError, match="stopped"):
+    with pytest.raises(StoreError, match="stopped"):
         embedder(["after close"])
     assert embedder._process is None
 

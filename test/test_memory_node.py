@@ -5,6 +5,7 @@ Sensor time is the synthetic bags' day (START_NS); everything waits on events or
 """
 
 import sqlite3
+from contextlib import closing
 
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
@@ -12,8 +13,10 @@ from nav_msgs.msg import Odometry
 
 from svlm_ros.config import MemoryConfig
 from svlm_ros.engine.segments import Kind
-from svlm_ros.memory.store import Embedder, Entry, MemoryStore
+from svlm_ros.memory.records import Entry
+from svlm_ros.memory.store import MemoryStore
 from svlm_ros.memory.summaries import Summary, SummaryStore
+from svlm_ros.memory.vectors import Embedder
 from svlm_ros.srv import Ask, Recall
 
 from test_node import RAW, Gate, harness, settled, stamp, wait_for  # noqa: F401 - the fixture is used by name
@@ -168,7 +171,7 @@ def test_a_restarted_node_sees_its_history_and_resumes_from_its_summaries(harnes
     settled(first, RAW, 72)
     node_memory = first.node.memory
     wait_for(lambda: node_memory.summarizer.done + node_memory.summarizer.empty >= 1 and
-             not node_memory._pending, timeout=300)
+             not node_memory.recorder.summaries_waiting, timeout=300)
     written_summaries = node_memory.summaries.count()
     assert written_summaries >= 1
     first.close()  # the first node stops: its worker, then its memory (every window committed)
@@ -303,11 +306,21 @@ def test_pose_from_tf_when_tf2_ros_imports(harness, tmp_path, monkeypatch):
     assert late >= 1 and h.node.memory.windows_without_pose == late
     response = recall(h, since=stamp(T0), until=stamp(T0 + 10), limit=50)
     assert response.success, response.message
-    assert {e.has_pose for e in response.entries} == {True, False}  # random weights: every window says something new
-    for entry in response.entries:  # one window per row here, with the pose of its end
+    for entry in response.entries:  # a row has the pose of its first window's end, or none when tf had none
         start = entry.start.sec + entry.start.nanosec * 1e-9
         if start + 1.0 <= T0 + 3.0:
             assert entry.has_pose and entry.frame_id == "odom"
             assert entry.position.x == pytest.approx(start + 1.0 - T0, abs=1e-6)
         else:
             assert not entry.has_pose
+    # Every row, silent ones too, whatever the random-weight model said: windows with a pose are 1 m
+    # apart, so each is a row of its own; a window without one (tf had none) either starts a row
+    # without a pose or repeats the text before it and extends that row, keeping its pose.
+    with closing(sqlite3.connect(tmp_path / "memory.sqlite")) as db:
+        rows = db.execute("SELECT start, windows, x FROM entries ORDER BY start").fetchall()
+    assert sum(windows for _, windows, _ in rows) == stats.processed_windows
+    assert [x is not None for _, _, x in rows] == [start + 1.0 <= T0 + 3.0 for start, _, _ in rows]
+    posed = [(start, windows) for start, windows, x in rows if x is not None]
+    assert [start for start, _ in posed] == pytest.approx([end - 1.0 for end in ends if end <= T0 + 3.0])
+    assert all(windows == 1 for _, windows in posed[:-1])
+    assert posed[-1][1] - 1 + sum(windows for _, windows, x in rows if x is None) == late

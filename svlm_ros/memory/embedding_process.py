@@ -4,7 +4,7 @@ Embedding a new text in the node's process costs the inference worker about 15 m
 a 2-core CPU (docs/benchmarks.md, "Memory on, memory off"): the tokenizer and the model's Python
 hold the interpreter lock the worker needs between decoding steps. A child process (one torch
 thread, lower CPU priority) takes that work away; the parent only waits on a pipe, which holds
-no lock. Same call as `store.Embedder`: texts in, unit float32 vectors out.
+no lock. Same call as `vectors.Embedder`: texts in, unit float32 vectors out.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .store import MemoryError
+from .errors import StoreError
 
 log = logging.getLogger(__name__)
 NICE = 10  # the child yields the CPU to the inference worker
@@ -41,7 +41,7 @@ def _serve(connection) -> None:
         import torch
 
         torch.set_num_threads(1)
-        from .store import Embedder
+        from .vectors import Embedder
 
         embedder = Embedder()
         while True:
@@ -84,20 +84,20 @@ class ProcessEmbedder:
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         with self._lock:
             if self._closed:
-                raise MemoryError("the embedding process is stopped (the memory is closing)")
+                raise StoreError("the embedding process is stopped (the memory is closing)")
             if self._process is None:
                 self._start()
                 if self._closed:  # closed while the child started: close() may not have seen it
                     self._process.terminate()
                     self._connection.close()
                     self._process = None
-                    raise MemoryError("the embedding process is stopped (the memory is closing)")
+                    raise StoreError("the embedding process is stopped (the memory is closing)")
             try:
                 self._connection.send(list(texts))
                 answer = self._connection.recv()
             except (EOFError, OSError, BrokenPipeError) as error:
                 self._process = None
-                raise MemoryError(f"the embedding process stopped ({error}); it restarts with the next text") \
+                raise StoreError(f"the embedding process stopped ({error}); it restarts with the next text") \
                     from error
         if isinstance(answer, Exception):
             raise answer

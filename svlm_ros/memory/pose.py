@@ -10,7 +10,7 @@ import threading
 from collections import deque
 from typing import Deque, Optional, Tuple
 
-from .store import Pose
+from .records import Pose
 
 
 class PoseHistory:

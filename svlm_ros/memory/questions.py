@@ -15,7 +15,8 @@ from datetime import datetime
 from typing import Callable, List, Optional, Tuple
 
 from ..config import MemoryConfig
-from .store import MemoryStore, Pose
+from .records import Pose
+from .store import MemoryStore
 from .summaries import SummaryStore
 from .timewords import TimeRange, parse
 

@@ -10,7 +10,7 @@ Two kinds of evidence, each on a fixed scale that means the same for every query
   it, one holding only its common words ("a", "the", "at") nearly none; and a query word no text
   holds (a paraphrase's own words) counts against every text. Only coverage above KEYWORD_FLOOR is
   evidence (rescaled to 0..1): a few shared common words are no evidence at all.
-- meaning: the cosine of the MiniLM vectors (stored as int8, `store.quantize`); it is evidence when
+- meaning: the cosine of the MiniLM vectors (stored as int8, `vectors.quantize`); it is evidence when
   it beats what the best of that many unrelated texts would reach (`meaning_floor`).
 A text matches when either is evidence; the matching texts are ordered by
 `(1 - KEYWORD_WEIGHT) * cosine + KEYWORD_WEIGHT * keyword evidence`, ties by text id. A query that
@@ -33,8 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-DIMENSIONS = 384  # MiniLM's sentence embeddings
-INT8_SCALE = 127  # an int8 vector is round(127 x the unit vector) (store.quantize)
+from .vectors import DIMENSIONS, INT8_SCALE
 BM25_K1, BM25_B = 1.2, 0.75  # the usual BM25 constants
 KEYWORD_WEIGHT = 0.5  # of keyword evidence in the fused score; the rest is the cosine
 # The cosine of a query with texts unrelated to it: about normal, mean NULL_MEAN, spread NULL_SPREAD

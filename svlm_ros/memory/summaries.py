@@ -10,7 +10,8 @@
   of its own and answer `summary_instruction` (the streams' own caches are never touched).
 The node runs jobs only when the live cameras leave the model idle; a job still waiting when the
 next period of its tier ends has fallen behind and is counted. A replay (`svlm replay --memory`)
-runs the same jobs, and at the end of a bag summarizes the periods still open.
+runs the same jobs, and at the end of a bag summarizes the periods still open. Both plan and
+queue them through `recorder.MemoryRecorder`.
 """
 from __future__ import annotations
 
@@ -27,17 +28,14 @@ from typing import Callable, Dict, List, Optional, Sequence
 from ..config import EngineConfig, MemoryConfig
 from ..engine.models import LoadedModel
 from ..engine.session import StreamSession
-from .store import MemoryStore, WriterLock, failure
+from .errors import failure
+from .schema import SUMMARIES_SCHEMA
+from .sqlite_file import SQLiteFile, use_wal
+from .store import MemoryStore
 
 log = logging.getLogger(__name__)
 
 TIERS = ("minutes", "hour", "day")
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS summaries (
-    id INTEGER PRIMARY KEY, camera TEXT NOT NULL, tier TEXT NOT NULL, start REAL NOT NULL, end REAL NOT NULL,
-    text TEXT NOT NULL, created REAL NOT NULL, UNIQUE(camera, tier, start));
-CREATE INDEX IF NOT EXISTS summaries_time ON summaries(tier, end);
-"""
 
 
 @dataclass
@@ -67,52 +65,30 @@ def local_time(stamp_s: float, with_date: bool = False) -> str:
     return datetime.fromtimestamp(stamp_s).strftime("%b %d %H:%M:%S" if with_date else "%H:%M:%S")
 
 
-class SummaryStore:
-    """Every sqlite3 or OS error comes out as the store's MemoryError (`store.failure`): which
-    file, what is wrong, what to do. Writing takes the file's writer lock, as the entries do."""
+class SummaryStore(SQLiteFile):
+    """The summaries table of a memory file, on a connection of its own. Every sqlite3 or OS error
+    comes out as a StoreError (`errors.failure`): which file, what is wrong, what to do. Writing
+    takes the file's writer lock, as the entries do."""
 
     def __init__(self, path: Path):
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._writer_lock: Optional[WriterLock] = None
-        self.db = None
+        super().__init__(path, threading.Lock())
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=5.0)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(SCHEMA)
+            use_wal(self.db)
+            self.db.executescript(SUMMARIES_SCHEMA)
             self.db.commit()
         except (sqlite3.Error, OSError) as error:
             if self.db is not None:
                 self.db.close()
+                self.db = None
             raise failure(self.path, error, "opening the summaries table") from error
 
-    def close(self) -> None:
-        with self._lock:
-            try:
-                self.db.close()
-            except sqlite3.Error:
-                pass  # a broken file: the connection is gone all the same
-            if self._writer_lock is not None:
-                self._writer_lock.release()
-                self._writer_lock = None
-
     def add(self, summary: Summary) -> None:
-        with self._lock:
-            if self._writer_lock is None:
-                self._writer_lock = WriterLock(self.path)
-            try:
-                self.db.execute("INSERT OR REPLACE INTO summaries(camera, tier, start, end, text, created) "
-                                "VALUES (?,?,?,?,?,?)", (summary.camera, summary.tier, summary.start, summary.end,
-                                                         summary.text, time.time()))
-                self.db.commit()
-            except sqlite3.Error as error:
-                try:
-                    self.db.rollback()
-                except sqlite3.Error:
-                    pass
-                raise failure(self.path, error, "writing a summary") from error
+        with self._writing("writing a summary"):
+            self.db.execute("INSERT OR REPLACE INTO summaries(camera, tier, start, end, text, created) "
+                            "VALUES (?,?,?,?,?,?)", (summary.camera, summary.tier, summary.start, summary.end,
+                                                     summary.text, time.time()))
 
     def between(self, tier: str, since: Optional[float], until: Optional[float], camera: str = "",
                 limit: int = 1000, with_empty: bool = False) -> List[Summary]:
@@ -129,23 +105,17 @@ class SummaryStore:
             args.append(camera)
         if not with_empty:
             clauses.append("text != ''")
-        with self._lock:
-            try:
-                rows = self.db.execute(f"SELECT camera, tier, start, end, text FROM summaries WHERE "
-                                       f"{' AND '.join(clauses)} ORDER BY end DESC LIMIT ?", (*args, limit)).fetchall()
-            except sqlite3.Error as error:
-                raise failure(self.path, error, "reading summaries") from error
+        with self._lock, self._failing("reading summaries"):
+            rows = self.db.execute(f"SELECT camera, tier, start, end, text FROM summaries WHERE "
+                                   f"{' AND '.join(clauses)} ORDER BY end DESC LIMIT ?", (*args, limit)).fetchall()
         return [Summary(*row) for row in reversed(rows)]
 
     def latest(self, camera: str, tier: str, count: int) -> List[Summary]:
         return self.between(tier, None, None, camera, limit=count)
 
     def count(self) -> int:
-        with self._lock:
-            try:
-                return self.db.execute("SELECT COUNT(*) FROM summaries").fetchone()[0]
-            except sqlite3.Error as error:
-                raise failure(self.path, error, "reading summaries") from error
+        with self._lock, self._failing("reading summaries"):
+            return self.db.execute("SELECT COUNT(*) FROM summaries").fetchone()[0]
 
 
 class SummaryPlanner:

@@ -7,7 +7,7 @@ batches (whatever is queued, at most `batch` entries per transaction). No except
   `RETRY_FOR_S`) while new offers fill the queue and, once it is full, are dropped and counted;
   the first commit that goes through clears the error;
 - a store that is corrupt, or whose file was truncated, replaced or removed under it (checked
-  after every commit: a stat and a 16-byte read), is moved aside (`store.quarantine`) and a new
+  after every commit: a stat and a 16-byte read), is moved aside (`errors.quarantine`) and a new
   one opened at the same path; the batch goes into the new file, the owner's readers reopen
   (`generation`), and `problem` says where the old file went for `REPLACED_NOTICE_S`;
 - any other store error loses that batch, logged and counted (`lost`).
@@ -29,8 +29,10 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from .store import (CORRUPT_ADVICE, Entry, MemoryError, MemoryStore, StoreCorrupt, StoreFull, StoreInUse,
-                    StoreLocked, StoreUnwritable, quarantine)
+from .errors import (CORRUPT_ADVICE, StoreCorrupt, StoreError, StoreFull, StoreInUse, StoreLocked, StoreUnwritable,
+                     quarantine)
+from .records import Entry
+from .store import MemoryStore
 
 log = logging.getLogger(__name__)
 # Texts per embedding call: small, so a recall query sharing the embedding model waits little.
@@ -86,6 +88,11 @@ class MemoryWriter:
             return self._notice[1]
         return None
 
+    @property
+    def stopped(self) -> bool:
+        """The writer thread has ended (closed, or no store to write): nothing writes the file any more."""
+        return not self._thread.is_alive()
+
     def _failed(self, source: str, message: str) -> None:
         self._errors[source] = message
 
@@ -103,7 +110,7 @@ class MemoryWriter:
         self.accepted += 1
         return True
 
-    def report_broken(self, error: MemoryError, generation: int) -> None:
+    def report_broken(self, error: StoreError, generation: int) -> None:
         """A reader found the file of `generation` corrupt: the writer thread replaces it (once)."""
         try:
             self._queue.put_nowait(_Broken(error, generation))
@@ -273,7 +280,7 @@ class MemoryWriter:
                     self.lost += len(entries)
                     return None
                 continue  # the batch goes into the new file: the broken one may not hold it
-            except MemoryError as error:
+            except StoreError as error:
                 self.errors += 1
                 self._failed("write", str(error))
                 self.lost += len(entries)
@@ -288,7 +295,7 @@ class MemoryWriter:
             self._texts_added.set()
             return store
 
-    def _replace(self, store: MemoryStore, error: MemoryError) -> Optional[MemoryStore]:
+    def _replace(self, store: MemoryStore, error: StoreError) -> Optional[MemoryStore]:
         """Move a broken file aside and open a new one at its path (a robot left alone keeps
         remembering; the old file is kept for `sqlite3 OLD .recover`)."""
         path = store.path
@@ -324,7 +331,7 @@ class MemoryWriter:
         try:
             with self._embedded:
                 self.awaiting_embedding = store.awaiting_embedding()
-        except MemoryError:
+        except StoreError:
             pass  # a count for diagnostics; the next commit or embedding step counts again
 
     def _embed(self) -> None:
@@ -366,7 +373,7 @@ class MemoryWriter:
     def _retain(self, store: MemoryStore, apply, *args) -> None:
         try:
             self.retained_away += apply(*args)
-        except MemoryError as error:
+        except StoreError as error:
             self.errors += 1
             self._failed("retention", str(error))
             log.error("%s; the retention policy was not applied", error)
@@ -386,5 +393,5 @@ class _Marker:
 class _Broken:
     """A reader's report that the file of `generation` is corrupt."""
 
-    def __init__(self, error: MemoryError, generation: int):
+    def __init__(self, error: StoreError, generation: int):
         self.error, self.generation = error, generation

@@ -1,22 +1,22 @@
 """The node's long-term memory: the ROS side of svlm_ros/memory/.
 
-Owns, for one configure-cleanup cycle: the writer thread (every described window, never waited
-on), a reading connection for `~/recall` and `~/ask`, the summaries (planned per window, run by
-the scheduler only when the cameras leave the model idle), and the robot's pose (a pose topic, or
-tf when tf2_ros imports and `memory.base_frame` is set). The node holds the file's writer lock
-(a second writer, another node or a replay, is refused with who holds it); the default file is
-per node (`default_path` of its fully qualified name). At configure the file is checked whole and
-a corrupt one moved aside; a file that breaks later is moved aside by the writer, and the reading
-connections here reopen on the new one. A store that cannot be used is an ERROR in diagnostics
-(`problem`: what, which file, what to do) and an answer to every recall; no store error ever
-reaches the executor, and the descriptions go on.
+Owns, for one configure-cleanup cycle: the recorder (`memory.recorder.MemoryRecorder`, as a
+replay uses it: the writer thread, every described window, never waited on; the summaries,
+planned per window and run by the scheduler only when the cameras leave the model idle; the
+reading connections for `~/recall` and `~/ask`), the embedding child process, and the robot's
+pose (a pose topic, or tf when tf2_ros imports and `memory.base_frame` is set). The recorder
+holds the file's writer lock (a second writer, another node or a replay, is refused with who
+holds it); the default file is per node (`default_path` of its fully qualified name). At
+configure the file is checked whole and a corrupt one moved aside; a file that breaks later is
+moved aside by the writer, and the reading connections reopen on the new one. A store that cannot
+be used is an ERROR in diagnostics (`problem`: what, which file, what to do) and an answer to
+every recall; no store error ever reaches the executor, and the descriptions go on.
 """
 from __future__ import annotations
 
 import logging
 import math
 import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -28,15 +28,21 @@ from svlm_ros.msg import MemoryEntry
 
 from ..config import EngineConfig, MemoryConfig
 from ..memory.embedding_process import ProcessEmbedder
+from ..memory.errors import StoreError
 from ..memory.pose import PoseHistory
 from ..memory.questions import Recollection, Source, recollect
-from ..memory.store import Entry, MemoryError, MemoryStore, Pose, StoreCorrupt, WriterLock, default_path, failure
-from ..memory.summaries import SummaryJob, SummaryModel, SummaryPlanner, SummaryStore, Summarizer, seed_text
+from ..memory.recorder import MemoryRecorder
+from ..memory.records import Entry, Pose
+from ..memory.store import MemoryStore, default_path
+from ..memory.summaries import SummaryModel, SummaryStore, Summarizer, seed_text
 from ..memory.writer import MemoryWriter
 from .stamps import to_seconds, to_time_msg
 
 log = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 5.0  # close() without a deadline: what the writer gets to commit its queue
+# A summary runs on the inference worker: a stalled disk may hold it (and the windows behind it)
+# this long for the period's last windows to be committed, then it reads what is there.
+SUMMARY_FLUSH_S = 30.0
 # Best effort hears both kinds of publisher; a deeper history than sensor data's 5 keeps a burst
 # of 50-Hz odometry that arrives while the executor is busy.
 POSE_QOS = QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST, reliability=qos_profile_sensor_data.reliability,
@@ -70,58 +76,64 @@ class NodeMemory:
         self.scheduler = scheduler
         self.summary_model = SummaryModel(loaded, engine_config)
         self.error: Optional[str] = None
-        self.store: Optional[MemoryStore] = None
-        self.summaries: Optional[SummaryStore] = None
-        self.writer: Optional[MemoryWriter] = None
-        self.moved_aside: Optional[Path] = None
+        self.recorder: Optional[MemoryRecorder] = None
         self.poses = PoseHistory()
         self.windows_without_pose = 0
-        self.summaries_behind = 0
-        self._pending: Dict[Tuple[str, str], SummaryJob] = {}
-        self._pending_lock = threading.Lock()
         self._pose_subscription = None
         self._tf_buffer = self._tf_listener = None
         self.pose_source = "none"
-        self.planner = SummaryPlanner(config)
         # New texts and queries are embedded in a child process: in this one, the embedding model's
         # Python would hold the interpreter lock the inference worker needs (docs/benchmarks.md).
-        self._embedder = embedder = ProcessEmbedder()
-        self._readers_lock = threading.Lock()
-        self._generation = 0  # the writer's file generation the reading connections are open on
-        self._read_error: Optional[str] = None
-        self._writer_lock: Optional[WriterLock] = None
-        self.summarizer: Optional[Summarizer] = None
+        self._embedder = ProcessEmbedder()
         if not config.path:
             _point_to_the_old_default(self.path)
         try:
-            self._writer_lock = WriterLock(self.path, f"svlm node {name}")
-            self.store = MemoryStore(self.path, config, embedder, check=True)  # a corrupt file is moved aside
-            self.summaries = SummaryStore(self.path)
-            entries = self.store.count()
-        except MemoryError as error:
+            self.recorder = MemoryRecorder(self.path, config, scheduler.when_idle, self.summary_model,
+                                           owner=f"svlm node {name}", embedder=self._embedder,
+                                           check=True,  # a corrupt file is moved aside
+                                           flush_timeout_s=SUMMARY_FLUSH_S)
+        except StoreError as error:
             self.error = str(error)
             log.error("%s; descriptions go on, but nothing is remembered and ~/recall answers with this error",
                       error)
-            self._close_readers()
-            if self._writer_lock is not None:
-                self._writer_lock.release()
             return
-        self.moved_aside = self.store.moved_aside
-        self.writer = MemoryWriter(lambda: MemoryStore(self.path, config, embedder), config.queue_size,
-                                   close_readers=self._close_readers)
-        self.summarizer = Summarizer(self.store, self.summaries, config, self.count_tokens, self.summary_model)
         self._start_pose_source()
-        log.info("memory: %s (%d entries)", self.path, entries)
+        log.info("memory: %s (%d entries)", self.path, self.recorder.entries_at_start)
 
     def update_config(self, config: MemoryConfig) -> None:
         """Runtime parameters (ask and summary settings); the rest apply at the next configure."""
         self.config = config
-        if self.available:
-            self.summarizer.config = config
+        if self.recorder is not None:
+            self.recorder.update_config(config)
 
     @property
     def available(self) -> bool:
         return self.error is None
+
+    # What the recorder holds, for diagnostics and tests; None once closed or when unavailable.
+    @property
+    def writer(self) -> Optional[MemoryWriter]:
+        return self.recorder.writer if self.recorder is not None else None
+
+    @property
+    def store(self) -> Optional[MemoryStore]:
+        return self.recorder.store if self.recorder is not None else None
+
+    @property
+    def summaries(self) -> Optional[SummaryStore]:
+        return self.recorder.summaries if self.recorder is not None else None
+
+    @property
+    def summarizer(self) -> Optional[Summarizer]:
+        return self.recorder.summarizer if self.recorder is not None else None
+
+    @property
+    def moved_aside(self) -> Optional[Path]:
+        return self.recorder.moved_aside if self.recorder is not None else None
+
+    @property
+    def summaries_behind(self) -> int:
+        return self.recorder.summaries_behind if self.recorder is not None else 0
 
     def count_tokens(self, text: str) -> int:
         return self.summary_model.count_tokens(text)
@@ -165,87 +177,24 @@ class NodeMemory:
     # ----- writing ----------------------------------------------------------------------------
     def record(self, camera: str, start_s: float, end_s: float, text: str, silent: bool) -> None:
         """A described window (on the worker thread, after publishing): queued, never waited on."""
-        if self.writer is None:
+        recorder = self.recorder
+        if recorder is None or recorder.writer is None:
             return
         pose = self.pose_at(end_s)
         if pose is None and self.pose_source != "none":
             self.windows_without_pose += 1
-        self.writer.offer(Entry(camera, start_s, end_s, text, silent, pose))
-        for job in self.planner.observe(camera, end_s):
-            self._plan(job)
-
-    def _plan(self, job: SummaryJob) -> None:
-        key = (job.camera, job.tier)
-        with self._pending_lock:
-            if key in self._pending:
-                self.summaries_behind += 1  # the previous period's summary still waits for an idle model
-            self._pending[key] = job
-        self.scheduler.when_idle(lambda: self._summarize(job))
-
-    def _summarize(self, job: SummaryJob):
-        generation = -1
-        try:
-            self.writer.flush(timeout=30, embedded=False)  # the period's last windows must be in the store
-            generation = self._readers()[2]
-            return self.summarizer.run(job)
-        except (MemoryError, sqlite3.Error, OSError) as error:
-            error = self._read_failed(error, generation, "summarizing")
-            log.error("memory: the %s summary of %s was not written: %s", job.tier, job.camera, error)
-            return None
-        finally:
-            with self._pending_lock:
-                if self._pending.get((job.camera, job.tier)) is job:
-                    del self._pending[(job.camera, job.tier)]
+        recorder.record(Entry(camera, start_s, end_s, text, silent, pose))
 
     def seed(self, camera: str) -> str:
-        if self.summaries is None:
+        summaries = self.summaries
+        if summaries is None:
             return ""
         try:
-            return seed_text(self.summaries, camera)
-        except (MemoryError, sqlite3.Error, OSError) as error:
-            log.error("memory: %s; %s starts without previous text", self._read_failed(error, 0, "resuming"), camera)
+            return seed_text(summaries, camera)
+        except (StoreError, sqlite3.Error, OSError) as error:
+            log.error("memory: %s; %s starts without previous text", self.recorder.read_failed(error, 0, "resuming"),
+                      camera)
             return ""
-
-    # ----- the reading connections ------------------------------------------------------------
-    def _readers(self) -> Tuple[MemoryStore, SummaryStore, int]:
-        """The reading connections, reopened when the writer has replaced a broken file."""
-        writer = self.writer
-        with self._readers_lock:
-            if writer is not None and writer.replacing:
-                raise MemoryError(f"memory store {self.path} is being replaced; ask again in a moment")
-            if writer is not None and (writer.generation != self._generation or self.store is None):
-                self._close_readers_locked()
-                generation = writer.generation
-                try:
-                    self.store = MemoryStore(self.path, self.config, self._embedder)
-                    self.summaries = SummaryStore(self.path)
-                except MemoryError:
-                    self._close_readers_locked()
-                    raise
-                self._generation = generation
-                self.summarizer.store, self.summarizer.summaries = self.store, self.summaries
-            if self.store is None:
-                raise MemoryError(f"memory store {self.path} is being replaced; ask again in a moment")
-            return self.store, self.summaries, self._generation
-
-    def _close_readers(self) -> None:
-        """Before the writer moves a broken file aside (and at close): no connection of ours stays on it."""
-        with self._readers_lock:
-            self._close_readers_locked()
-
-    def _close_readers_locked(self) -> None:
-        for closable in (self.store, self.summaries):
-            if closable is not None:
-                closable.close()  # waits for a query in flight on it
-        self.store = self.summaries = None
-
-    def _read_failed(self, error: BaseException, generation: int, doing: str) -> MemoryError:
-        """The MemoryError for a failed read; a corrupt file is handed to the writer to replace."""
-        error = failure(self.path, error, doing)
-        self._read_error = str(error)
-        if isinstance(error, StoreCorrupt) and self.writer is not None:
-            self.writer.report_broken(error, generation)
-        return error
 
     # ----- reading ----------------------------------------------------------------------------
     def recall(self, request) -> Tuple[bool, str, List[MemoryEntry]]:
@@ -258,16 +207,16 @@ class NodeMemory:
             return False, f"x, y and radius must be finite numbers, got {near[0]}, {near[1]}, {near[2]}", []
         generation = -1
         try:
-            store, _, generation = self._readers()
+            store, _, generation = self.recorder.readers()
             hits = store.recall(request.query, since, until, request.camera, near, request.limit or 10)
         except ValueError as error:
             message = str(error)
             if near is not None and self.pose_source == "none" and "pose" in message:
                 message += " (this node has no pose source: set memory.pose_topic, or memory.base_frame with tf)"
             return False, message, []
-        except (MemoryError, sqlite3.Error, OSError) as error:
-            return False, str(self._read_failed(error, generation, "searching")), []
-        self._read_error = None
+        except (StoreError, sqlite3.Error, OSError) as error:
+            return False, str(self.recorder.read_failed(error, generation, "searching")), []
+        self.recorder.read_error = None
         entries = [to_entry_msg(Source("entry", h.camera, h.start, h.end, h.text, h.pose, h.score), h.silent)
                    for h in hits]
         return True, (f"{len(entries)} entries" if entries else "no entry matches the query and filters"), entries
@@ -278,13 +227,14 @@ class NodeMemory:
             return None, f"answered from the live stream only: the memory is unavailable ({self.error})"
         generation = -1
         try:
-            store, summaries, generation = self._readers()
+            store, summaries, generation = self.recorder.readers()
             found = recollect(question, now_s, store, summaries, self.config, self.count_tokens)
         except ValueError as error:
             return None, f"answered from the live stream only: {error}"
-        except (MemoryError, sqlite3.Error, OSError) as error:
-            return None, f"answered from the live stream only: {self._read_failed(error, generation, 'recollecting')}"
-        self._read_error = None
+        except (StoreError, sqlite3.Error, OSError) as error:
+            failed = self.recorder.read_failed(error, generation, "recollecting")
+            return None, f"answered from the live stream only: {failed}"
+        self.recorder.read_error = None
         return found, ""
 
     # ----- lifecycle --------------------------------------------------------------------------
@@ -297,17 +247,12 @@ class NodeMemory:
         if self._pose_subscription is not None:
             self.node.destroy_subscription(self._pose_subscription)
             self._pose_subscription = None
-        writer, unwritten = self.writer, 0
-        if writer is not None:
-            writer.stop_embedding()
+        recorder, unwritten = self.recorder, 0
+        if recorder is not None:
+            recorder.stop_embedding()
         self._embedder.close(timeout=min(1.0, timeout / 4))
-        if writer is not None:
-            unwritten = writer.close(max(0.0, deadline - time.monotonic()))
-        self._close_readers()
-        if self._writer_lock is not None and (writer is None or not writer._thread.is_alive()):
-            self._writer_lock.release()  # a writer still busy past the deadline keeps it until the process ends
-        self._writer_lock = None
-        self.writer = None
+        if recorder is not None:
+            unwritten = recorder.close(max(0.0, deadline - time.monotonic()))
         return unwritten
 
     def status_values(self) -> Dict[str, object]:
@@ -318,8 +263,9 @@ class NodeMemory:
             "memory_lost": writer.lost if writer else 0,
             "memory_awaiting_embedding": writer.awaiting_embedding if writer else 0,
             "memory_embedding_errors": writer.embedding_errors if writer else 0,
-            "summaries_done": self.summarizer.done if self.available else 0,
-            "summaries_waiting": len(self._pending), "summaries_behind": self.summaries_behind,
+            "summaries_done": self.summarizer.done if self.summarizer is not None else 0,
+            "summaries_waiting": self.recorder.summaries_waiting if self.recorder is not None else 0,
+            "summaries_behind": self.summaries_behind,
             "pose_source": self.pose_source, "poses_received": self.poses.received,
             "windows_without_pose": self.windows_without_pose,
             "memory_moved_aside": str((writer.moved_aside if writer and writer.moved_aside else self.moved_aside) or ""),
@@ -332,7 +278,7 @@ class NodeMemory:
             return self.error
         if self.writer is not None and self.writer.last_error:
             return self.writer.last_error
-        return self._read_error
+        return self.recorder.read_error if self.recorder is not None else None
 
 
 def _point_to_the_old_default(path: Path) -> None:
