@@ -23,7 +23,6 @@ import argparse
 import json
 import logging
 import platform
-import resource
 import statistics
 import time
 from datetime import datetime, timezone
@@ -38,6 +37,7 @@ from .engine.kv_cache import rotate_keys
 from .engine.models import load_model
 from .engine.segments import Kind
 from .engine.session import StreamSession, WindowResult
+from .process import rss_bytes
 from .synthetic import moving_shapes
 
 log = logging.getLogger("svlm.bench")
@@ -70,11 +70,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cameras", type=int, nargs="+", default=None, metavar="N",
                         help="instead of the strategies: N cameras batched against N round-robin, for each N")
     parser.add_argument("--camera-seconds", type=int, default=20, help="seconds of video per camera run")
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
 
 
 class RerotatingSession(StreamSession):

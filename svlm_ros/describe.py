@@ -8,18 +8,14 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Iterator, Tuple
-
-import cv2
-import numpy as np
 
 from .config import EngineConfig, ModelConfig
 from .engine.models import RANDOM_MODELS, load_model
 from .engine.session import StreamSession
 from .engine.windows import WindowAssembler
+from .sources.videos import read_frames
 
 log = logging.getLogger("svlm.describe")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,33 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     parser.add_argument("--seed", type=int, default=0)
-
-
-def read_frames(path: Path, folder_fps: float) -> Iterator[Tuple[float, np.ndarray]]:
-    """(seconds, RGB frame) pairs from a video file or a sorted folder of images."""
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise FileNotFoundError(f"{path} has no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        for index, file in enumerate(files):
-            image = cv2.imread(str(file), cv2.IMREAD_COLOR)
-            if image is None:
-                log.warning("skipping %s: OpenCV cannot read it", file)
-                continue
-            yield index / folder_fps, cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        return
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise FileNotFoundError(f"OpenCV cannot open {path} as a video")
-    rate = capture.get(cv2.CAP_PROP_FPS) or 30.0
-    index = 0
-    while True:
-        ok, image = capture.read()
-        if not ok:
-            break
-        yield index / rate, cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        index += 1
-    capture.release()
 
 
 def format_line(result) -> str:

@@ -14,7 +14,7 @@ import pytest
 from svlm_ros import cli
 from svlm_ros.replay import compare, quality
 from svlm_ros.replay.evaluate import evaluate_run
-from svlm_ros.replay.reference import RefSegment
+from svlm_ros.sources.timed_text import RefSegment
 
 CAMERA = "/cam0/image_raw"
 T0 = 1_763_740_800.0
@@ -102,6 +102,27 @@ def test_words_are_assigned_to_the_second_they_end_in():
     # an empty reference: everything is silent in it
     windows = quality.align(records, [], window_s=2)
     assert sum(w.both_silent for w in windows) == 4
+
+
+@pytest.mark.parametrize("offset", [0.0, T0], ids=["stream-seconds", "absolute"])
+def test_a_cue_over_several_seconds_has_its_words_in_the_same_second_for_metrics_captions_and_training(offset):
+    """Issue 23: the report's captions put a 3-s cue on its last second while the metrics (and the
+    training dataset) spread its words over the cue; all three now use sources.timed_text's rule."""
+    from svlm_ros.config import EngineConfig
+    from svlm_ros.replay.report import reference_by_second
+    from svlm_ros.sources.timed_text import words_in_time_order
+    from training.config import DatasetConfig
+    from training.dataset import Report, StreamCutter
+
+    segments = [RefSegment(offset + 4.0, offset + 7.0, "one two three four five six", CAMERA)]
+    truth = ["", "", "", "", "one two", "three four", "five six", ""]
+    metrics = [w.reference for w in quality.align([record(k) for k in range(8)], segments, window_s=1)]
+    captions = reference_by_second(segments, {CAMERA: offset})
+    words = [(end - offset, word) for end, word, _ in words_in_time_order(segments)]
+    cutter = StreamCutter("bag", CAMERA, words, EngineConfig(), DatasetConfig(), lambda text: [], None, Report())
+    assert metrics == truth
+    assert [captions.get((CAMERA, k), "") for k in range(8)] == truth
+    assert [cutter.answer_text(k) for k in range(8)] == truth
 
 
 def test_reference_cameras_and_bad_arguments():

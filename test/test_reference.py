@@ -1,11 +1,14 @@
-"""Reference loading: JSONL segments and words, WebVTT, SRT, and topics in a rosbag."""
+"""Timed text (sources/timed_text.py, a replay's reference): JSONL segments and words, WebVTT, SRT,
+and text topics in a rosbag."""
 import json
 
 import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 
-from svlm_ros.replay.messages import DESCRIPTION, typestore_with_svlm_types
-from svlm_ros.replay.reference import RefSegment, is_absolute, load_reference
+from svlm_ros.sources.messages import DESCRIPTION, typestore
+from svlm_ros.sources.stamps import split_seconds
+from svlm_ros.sources.timed_text import RefSegment, is_absolute
+from svlm_ros.sources.timed_text import load_timed_text as load_reference
 
 
 def test_jsonl_segments_and_words(tmp_path):
@@ -65,12 +68,12 @@ T0 = 1_763_740_800
 
 
 def _time(store, seconds):
-    whole = int(seconds)
-    return store.types["builtin_interfaces/msg/Time"](sec=whole, nanosec=int(round((seconds - whole) * 1e9)))
+    sec, nanosec = split_seconds(seconds)
+    return store.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
 
 
 def write_bag(path):
-    store = typestore_with_svlm_types()
+    store = typestore()
     types = store.types
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
         text = writer.add_connection("/speech", "std_msgs/msg/String", typestore=store)
@@ -101,3 +104,7 @@ def test_bag_topics(tmp_path):
         load_reference(f"{tmp_path / 'missing'}:/speech")
     with pytest.raises(ValueError, match="is a directory"):
         load_reference(str(bag))
+    broken = tmp_path / "broken.mcap"  # opened by sources.bags.open_bag, as replay and training open bags
+    broken.write_bytes(b"\x89MCAP0\r\n cut short")
+    with pytest.raises(ValueError, match=r"cannot open .*broken.mcap as a rosbag2 .* is cut short"):
+        load_reference(f"{broken}:/speech")

@@ -65,17 +65,18 @@ def dataset(bags, tiny_model, tmp_path_factory):
 
 def raw_windows(bag):
     """The bag's 1-s windows as the replay tool cuts them (header stamps, engine sampler)."""
-    from svlm_ros.node.images import to_rgb
-    from svlm_ros.replay import bags as bag_io
+    from svlm_ros.sources import bags as bag_io
+    from svlm_ros.sources.images import to_rgb
+    from svlm_ros.sources.stamps import to_seconds
 
     reader = bag_io.open_bag(bag)
     topics = bag_io.image_topics(reader, [])
     frames = engine_config().frames
     assembler = WindowAssembler(frames.window_seconds, frames.frames_per_window)
     windows = []
-    for connection, _, raw in bag_io.messages(reader, topics, reader.start_time, reader.end_time):
+    for connection, _, raw in bag_io.messages(reader, topics):
         msg = reader.deserialize(raw, connection.msgtype)
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        stamp = to_seconds(msg.header.stamp)
         windows += assembler.add(stamp, to_rgb(msg) if assembler.wants(stamp) else None).windows
     windows.append(assembler.flush())
     reader.close()
@@ -145,8 +146,8 @@ def write_bag_with_text(path, seconds=30, compressed=False, corrupt_at=()):
     """A camera plus a std_msgs/String narration and a svlm_ros Description topic."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
-    from svlm_ros.replay.messages import DESCRIPTION, typestore
     from svlm_ros.replay.synth import START_NS, Scene, image_message
+    from svlm_ros.sources.messages import DESCRIPTION, typestore
 
     store = typestore()
     scene = Scene(seconds, seed=7)
@@ -200,7 +201,7 @@ def test_builder_reads_every_text_source_and_reports_bad_input(tmp_path, bags, t
         assert report["skipped"]["unreadable frames"]["count"] >= 1
     # Sidecars: WebVTT and SRT beside a bag, and a global --text-topic.
     vtt_bag, srt_bag = tmp_path / "a", tmp_path / "b"
-    write_synthetic_bag(vtt_bag, 26, height=HEIGHT, width=WIDTH, seed=4)
+    (synthetic,) = write_synthetic_bag(vtt_bag, 26, height=HEIGHT, width=WIDTH, seed=4).values()
     write_synthetic_bag(srt_bag, 26, height=HEIGHT, width=WIDTH, seed=4)
     (tmp_path / "a.reference.jsonl").unlink()
     (tmp_path / "b.reference.jsonl").unlink()
@@ -209,10 +210,12 @@ def test_builder_reads_every_text_source_and_reports_bad_input(tmp_path, bags, t
     (tmp_path / "b.srt").write_text("\n\n".join(
         f"{n}\n{block.splitlines()[0].replace('.', ',')}\n{block.splitlines()[1]}"
         for n, block in enumerate(vtt.split("\n\n")[1:], 1) if "-->" in block))
-    for sources in (parse_sources([str(vtt_bag)]), parse_sources([str(srt_bag)]),
-                    parse_sources([str(bag)], text_topic="/narration")):
+    for sources, expected in ((parse_sources([str(vtt_bag)]), synthetic.texts[:24]),
+                              (parse_sources([str(srt_bag)]), synthetic.texts[:24]),
+                              (parse_sources([str(bag)], text_topic="/narration"), truth)):
         data, _ = build(tmp_path / f"ds{abs(hash(str(sources)))}", sources, tokenizer)
         assert len(data) >= 1 and any(texts_of(data))
+        assert texts_of(data) == expected  # each second's words, from the sidecar or topic
     # A plain video file with a JSONL sidecar of words (one per line, with times).
     video = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (WIDTH, HEIGHT))

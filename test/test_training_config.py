@@ -23,10 +23,10 @@ def config_file(tmp_path):
 
 
 def set_values(*items):
-    """--set NAME=VALUE as `svlm train` reads it (each value through YAML)."""
-    import yaml
+    """--set NAME=VALUE as `svlm train` reads it (each value through YAML, an empty one null)."""
+    from svlm_ros.params import parse_assignments
 
-    return {name: yaml.safe_load(text) for name, _, text in (item.partition("=") for item in items)}
+    return parse_assignments(items, example="max_steps=10", empty=None)
 
 
 def test_numbers_in_every_spelling_are_read_as_their_fields_type(config_file):

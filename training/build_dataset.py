@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from svlm_ros.engine.models import RANDOM_MODELS, qwen_tokenizer_dir
+from svlm_ros.params import load_node_configs
 from svlm_ros.progress import progress
 
 from .config import DatasetConfig, from_dict
@@ -77,9 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from svlm_ros.replay.params import load_replay_configs
-
-    _, engine, node = load_replay_configs(args.params, args.set)
+    _, engine, node = load_node_configs(args.params, args.set)
     config = dataset_config(args.config, args)
     sources = parse_sources(args.sources, args.text_topic)
     builder = DatasetBuilder(Path(args.out), config, engine, node, load_tokenizer(args.model), args.overwrite)

@@ -2,7 +2,8 @@
 
 What it owns:
 - finding each source's per-second text (a sidecar file, a topic in the bag, or a teacher's
-  labels) and assigning each word to the engine window (second) in which it ends;
+  labels) and assigning each word to the engine window (second) in which it ends (the rule,
+  the formats and the sidecar names are svlm_ros/sources', shared with svlm eval);
 - sampling and resizing frames exactly as the engine does (WindowAssembler picks the frames of
   each second, engine.frames resizes them), streaming, so an hours-long bag needs memory for one
   window of frames only;
@@ -19,11 +20,11 @@ Layout of a dataset directory (training/README.md explains why):
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import json
 import logging
-import math
 import os
 import zipfile
 from collections import deque
@@ -36,18 +37,16 @@ import numpy as np
 from svlm_ros.config import EngineConfig, NodeConfig
 from svlm_ros.engine.frames import TEMPORAL_PATCH, resize_frames, target_size
 from svlm_ros.engine.windows import Window, WindowAssembler
-from svlm_ros.replay.bags import mcap_repair_hint, truncated_mcaps
-from svlm_ros.replay.reference import word_end_times
+from svlm_ros.sources.bags import (BAG_SUFFIXES, SIDECARS, find_sidecar, image_topics, is_bag, is_sidecar,
+                                   mcap_repair_hint, open_bag, read_lazily, run_name, truncated_mcaps)
+from svlm_ros.sources.images import BadImage, to_rgb
+from svlm_ros.sources.timed_text import EPS, FILE_FORMATS, is_absolute, load_timed_text, same_camera, second_of
+from svlm_ros.sources.timed_text import words_in_time_order
+from svlm_ros.sources.videos import VIDEO_SUFFIXES, is_video_file, read_frames
 
 log = logging.getLogger(__name__)
 
 FORMAT = "svlm-sft-shards/1"
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm")
-BAG_SUFFIXES = (".mcap", ".db3", ".bag")
-# Sidecar names looked for beside a bag or video, first match wins (labels: `svlm label` output).
-SIDECARS = (".reference.jsonl", ".labels.jsonl", ".jsonl", ".reference.vtt", ".vtt", ".srt")
-TEXT_SUFFIXES = (".jsonl", ".json", ".vtt", ".srt")  # the formats of replay.reference.load_reference
-EPS = 1e-6
 EXAMPLES_PER_REASON = 20
 
 
@@ -68,19 +67,8 @@ class Source:
         return self.video.is_dir() or self.video.suffix in BAG_SUFFIXES
 
 
-def find_sidecar(video: Path) -> Optional[Path]:
-    stem = video.with_suffix("") if video.suffix in BAG_SUFFIXES + VIDEO_SUFFIXES else video
-    for suffix in SIDECARS:
-        candidate = Path(f"{stem}{suffix}")
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def _is_video(path: Path) -> bool:
-    from svlm_ros.replay.bags import is_bag_directory
-
-    return (is_bag_directory(path) or (path.is_file() and path.suffix in BAG_SUFFIXES + VIDEO_SUFFIXES))
+    return is_bag(path) or is_video_file(path)
 
 
 def parse_sources(specs: Sequence[str], text_topic: Optional[str] = None) -> List[Source]:
@@ -90,7 +78,7 @@ def parse_sources(specs: Sequence[str], text_topic: Optional[str] = None) -> Lis
     for spec in specs:
         path_text, sep, text = spec.partition("=")
         path = Path(path_text)
-        if not sep and path.is_file() and path.name.endswith(SIDECARS):
+        if not sep and path.is_file() and is_sidecar(path):
             log.info("%s is a text sidecar, not a video; it is read with its bag or video", path)
             continue  # a shell glob such as bags/* names the sidecars too
         if not path.exists():
@@ -110,7 +98,7 @@ def parse_sources(specs: Sequence[str], text_topic: Optional[str] = None) -> Lis
 
 def _source(video: Path, text: Optional[str], text_topic: Optional[str]) -> Source:
     if text:
-        if Path(text).suffix.lower() in TEXT_SUFFIXES or Path(text).is_file():
+        if Path(text).suffix.lower() in FILE_FORMATS or Path(text).is_file():
             if not Path(text).is_file():
                 raise FileNotFoundError(f"source {video}={text}: the text file {text} does not exist")
             return Source(video, text)  # an absolute path starts with "/" as a topic does
@@ -123,22 +111,6 @@ def _source(video: Path, text: Optional[str], text_topic: Optional[str]) -> Sour
     if text_topic and (video.is_dir() or video.suffix in BAG_SUFFIXES):
         return Source(video, f"{video}:{text_topic}")
     return Source(video, None)
-
-
-# ----- text ------------------------------------------------------------------------------------
-def words_with_end_times(segments) -> List[Tuple[float, str, Optional[str]]]:
-    """(end time, word, camera) of every word, in time order (the rule: reference.word_end_times)."""
-    return sorted(word_end_times(segments), key=lambda w: w[0])
-
-
-def second_of(end_s: float, window_seconds: float) -> int:
-    """The engine window a word ending at `end_s` belongs to: the one whose end it is at or
-    before (a word ending at exactly 3.0 s belongs to window 2, [2, 3))."""
-    return max(0, math.ceil(end_s / window_seconds - EPS) - 1)
-
-
-def _same_camera(a: Optional[str], b: str) -> bool:
-    return a is None or a.removesuffix("/compressed") == b.removesuffix("/compressed")
 
 
 # ----- the report ------------------------------------------------------------------------------
@@ -324,8 +296,6 @@ class _Camera:
         self.stopped = False
 
     def feed(self, stamp_s: float, load: Callable[[], np.ndarray]) -> None:
-        from svlm_ros.node.images import BadImage
-
         if self.stopped:
             return
         if self.origin is None:
@@ -358,20 +328,23 @@ class _Camera:
         self.cutter.finish()
 
 
-def _bag_messages(path: Path) -> Tuple[Dict[str, str], Iterator]:
-    from svlm_ros.replay import bags
-
-    reader = bags.open_bag(path)
-    topics = bags.image_topics(reader, [])
+def _bag_messages(path: Path) -> Iterator:
+    """The cameras' messages, still serialized (sources.bags.read_lazily). The bag is opened now,
+    so a bag that cannot be read fails here, before its first message; it closes at the end."""
+    reader = open_bag(path)
+    try:
+        topics = image_topics(reader, [])
+    except BaseException:
+        reader.close()
+        raise
 
     def iterate():
         try:
-            for connection, log_ns, rawdata in bags.messages(reader, topics, reader.start_time, reader.end_time):
-                yield connection, log_ns, rawdata, reader
+            yield from read_lazily(reader, topics)
         finally:
             reader.close()
 
-    return topics, iterate()
+    return iterate()
 
 
 class DatasetBuilder:
@@ -401,9 +374,7 @@ class DatasetBuilder:
             info["error"] = "no text"
             return 0
         try:
-            from svlm_ros.replay.reference import load_reference
-
-            segments = load_reference(source.text)
+            segments = load_timed_text(source.text)
         except (OSError, ValueError) as error:
             self.report.skip(TEXT_UNREADABLE, f"{source.name}: {error}")
             info["error"] = str(error)
@@ -422,16 +393,14 @@ class DatasetBuilder:
         return info["samples"]
 
     def _cutter(self, source: Source, camera: str, words, origin_absolute: Optional[float]) -> StreamCutter:
-        mine = [(end - (origin_absolute or 0.0), word) for end, word, cam in words if _same_camera(cam, camera)]
+        mine = [(end - (origin_absolute or 0.0), word) for end, word, cam in words
+                if cam is None or same_camera(cam, camera)]
         return StreamCutter(source.name, camera, mine, self.engine, self.config, self.encode,
                             lambda meta, frames: self.writer.add(meta, frames), self.report)
 
     def _add_bag(self, source: Source, segments) -> None:
-        from svlm_ros.node.images import to_rgb
-        from svlm_ros.replay.reference import is_absolute
-
-        topics, messages = _bag_messages(source.video)
-        words = words_with_end_times(segments)
+        messages = _bag_messages(source.video)
+        words = words_in_time_order(segments)
         absolute = is_absolute(list(segments))
         cameras: Dict[str, _Camera] = {}
         read: Dict[str, int] = {}
@@ -439,7 +408,7 @@ class DatasetBuilder:
         first_ns = last_ns = None
         while True:
             try:
-                connection, log_ns, rawdata, reader = next(messages)
+                message = next(messages)
             except StopIteration:
                 break
             except Exception as error:  # rosbags: ReaderError (chunk checksum), struct.error, ... on damage
@@ -452,18 +421,21 @@ class DatasetBuilder:
                 messages.close()
                 expected = {}  # the messages past the damage are reported just above, not again
                 break
-            first_ns = log_ns if first_ns is None else first_ns
-            last_ns = log_ns
-            read[connection.topic] = read.get(connection.topic, 0) + 1
-            expected.setdefault(connection.topic, connection.msgcount)
-            msg = reader.deserialize(rawdata, connection.msgtype)
-            stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-            camera = cameras.get(connection.topic)
+            topic = message.topic
+            first_ns = message.log_ns if first_ns is None else first_ns
+            last_ns = message.log_ns
+            read[topic] = read.get(topic, 0) + 1
+            expected.setdefault(topic, message.connection.msgcount)
+            try:
+                stamp, _ = message.header()
+            except BadImage as error:
+                self.report.skip(BAD_FRAME, f"{source.name} {topic} at log time {message.log_ns / 1e9:.3f} s: {error}")
+                continue
+            camera = cameras.get(topic)
             if camera is None:
-                cutter = self._cutter(source, connection.topic, words, stamp if absolute else None)
-                camera = cameras[connection.topic] = _Camera(self.engine, self.node, cutter, self.report,
-                                                             connection.topic)
-            camera.feed(stamp, lambda msg=msg: to_rgb(msg))
+                cutter = self._cutter(source, topic, words, stamp if absolute else None)
+                camera = cameras[topic] = _Camera(self.engine, self.node, cutter, self.report, topic)
+            camera.feed(stamp, lambda message=message: to_rgb(message.load()))
         for camera in cameras.values():
             camera.finish()
         # A bag without chunk checksums (rosbags writes none) damaged inside a chunk: the reader
@@ -475,9 +447,7 @@ class DatasetBuilder:
                                  count - read[topic])
 
     def _add_video(self, source: Source, segments) -> None:
-        from svlm_ros.describe import read_frames
-
-        words = words_with_end_times(segments)
+        words = words_in_time_order(segments)
         camera = _Camera(self.engine, self.node, self._cutter(source, "video", words, None), self.report, "video")
         for seconds, frame in read_frames(source.video, folder_fps=self.engine.frames.fps):
             camera.feed(seconds, lambda frame=frame: frame)
@@ -512,8 +482,6 @@ def tokenizer_identity(tokenizer) -> Dict:
 
 
 def _asdict(config) -> Dict:
-    import dataclasses
-
     return dataclasses.asdict(config)
 
 
@@ -640,9 +608,7 @@ class ShardedDataset:
 def source_names(source: str) -> Tuple[str, str, str]:
     """What an `eval_sources` entry may match: the whole path, the file or folder name, the name
     without its bag or video suffix."""
-    name = Path(source).name
-    stem = Path(name).stem if name.endswith(BAG_SUFFIXES + VIDEO_SUFFIXES) else name
-    return source, name, stem
+    return source, Path(source).name, run_name(Path(source))
 
 
 def split_sources(sources: Sequence[str], eval_fraction: float, eval_sources: Sequence[str]) -> set:

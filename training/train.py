@@ -35,6 +35,7 @@ import torch.nn.functional as F
 import yaml
 
 from svlm_ros.engine.models import LoadedModel, load_model
+from svlm_ros.params import parse_assignments
 from svlm_ros.progress import progress
 
 from .config import TrainConfig, as_dict, load_train_config
@@ -517,12 +518,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = {}
-    for item in args.set:
-        name, sep, text = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects NAME=VALUE (e.g. max_steps=10), got {item!r}")
-        overrides[name.strip()] = yaml.safe_load(text)
+    overrides = parse_assignments(args.set, example="max_steps=10", empty=None)
     config = load_train_config(args.config, overrides)
     trainer = Trainer(config, resume=not args.no_resume)
     result = trainer.train()

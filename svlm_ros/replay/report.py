@@ -22,6 +22,7 @@ matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..sources.timed_text import EPS, is_absolute, second_of, words_in_time_order  # noqa: E402
 from .outputs import read_jsonl  # noqa: E402
 
 THUMB_WIDTH = 240
@@ -60,20 +61,21 @@ def stream_origins(out: Path) -> Dict[str, float]:
 
 
 def reference_by_second(segments, origins: Dict[str, float]) -> Dict:
-    """(camera, stream second) -> reference text, for captions; text belongs to the second it ends in.
+    """(camera, stream second) -> reference text, for captions: each word in the second it ends
+    in, by the rule the metrics use (sources/timed_text.py), so a caption shows the words that
+    were scored against that second's description.
 
     A reference in sensor time (absolute stamps) is moved to each camera's stream seconds."""
-    from .reference import is_absolute
-
     absolute = is_absolute(segments)
-    texts: Dict = {}
-    for segment in segments:
-        cameras = [segment.camera] if not absolute else ([segment.camera] if segment.camera else list(origins))
-        for camera in cameras:
-            end = segment.end - (origins.get(camera, 0.0) if absolute else 0.0)
-            key = (camera, int(np.ceil(end) - 1))
-            texts[key] = f"{texts[key]} {segment.text}" if key in texts else segment.text
-    return texts
+    words: Dict = {}
+    for end, word, camera in words_in_time_order(segments):
+        cameras = [camera] if not absolute else ([camera] if camera else list(origins))
+        for name in cameras:
+            end_s = end - (origins.get(name, 0.0) if absolute else 0.0)
+            if end_s < -EPS:
+                continue  # said before the camera's stream began
+            words.setdefault((name, second_of(end_s)), []).append(word)
+    return {key: " ".join(text) for key, text in words.items()}
 
 
 def lookup(reference: Dict, camera: str, stream_start: float) -> Optional[str]:

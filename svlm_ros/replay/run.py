@@ -12,9 +12,11 @@ model writes the same tiered summaries the node writes (`memory.summary_minutes`
 the end of the bag, those of the periods still open, so a day of logs can be searched and asked
 about offline.
 
-Messages are read one at a time (`AnyReader.messages`), outputs are appended as windows are
-described, and the report is built from the files afterwards, so memory stays flat however long
-the bag. Ctrl-C stops reading; every output is closed and valid for the part already replayed.
+Messages are read one at a time (`AnyReader.messages`) and, as in the node, each frame's stamp is
+read from its serialized header first: only the frames the sampler keeps are deserialized and
+converted. Outputs are appended as windows are described, and the report is built from the
+files afterwards, so memory stays flat however long the bag. Ctrl-C stops reading; every output
+is closed and valid for the part already replayed.
 """
 from __future__ import annotations
 
@@ -38,10 +40,14 @@ from ..memory.store import Entry, MemoryStore, WriterLock
 from ..memory.summaries import SummaryJob, SummaryModel, SummaryPlanner, SummaryStore, Summarizer
 from ..memory.writer import MemoryWriter
 from ..node.scheduler import Described, Scheduler
+from ..params import load_node_configs
+from ..process import rss_bytes
 from ..progress import progress
+from ..sources.bags import image_topics, open_bag, read_lazily, run_name
+from ..sources.images import BadImage
+from ..sources.timed_text import load_timed_text
 from . import bags, report
 from .outputs import DescriptionsFile, OutputBag, SubtitleFiles, WindowRecord
-from .params import load_replay_configs
 
 log = logging.getLogger(__name__)
 
@@ -114,21 +120,11 @@ class MemorySampler:
         self.peak_accelerator = 0
 
     def sample(self) -> Dict[str, int]:
-        rss = _rss_bytes()
+        rss = rss_bytes()
         accelerator = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
         self.peak_rss = max(self.peak_rss, rss)
         self.peak_accelerator = max(self.peak_accelerator, accelerator)
         return {"rss_bytes": rss, "accelerator_bytes": accelerator}
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * 4096
-    except OSError:  # not Linux: the peak is all there is
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class BagReplay:
@@ -137,8 +133,8 @@ class BagReplay:
     def __init__(self, bag: Path, loaded: LoadedModel, configs, options: ReplayOptions, out: Path):
         self.bag, self.loaded, self.options, self.out = bag, loaded, options, out
         self.model_config, self.engine_config, node_config = configs
-        self.reader = bags.open_bag(bag)
-        self.topics = bags.image_topics(self.reader, options.topics)
+        self.reader = open_bag(bag)
+        self.topics = image_topics(self.reader, options.topics)
         self.node_config = NodeConfig(**{**vars(node_config), "image_topics": list(self.topics)})
         self.origin: Dict[str, float] = {}  # each camera's first frame stamp: stream time zero
         self.frame_ids: Dict[str, str] = {}
@@ -200,24 +196,28 @@ class BagReplay:
     def _read(self, scheduler: Scheduler, start_ns: int, stop_ns: int, bar, started: float) -> None:
         first_ns = None
         rate = self.options.rate
-        for connection, log_ns, rawdata in bags.messages(self.reader, self.topics, start_ns, stop_ns):
+        for message in read_lazily(self.reader, self.topics, start_ns, stop_ns):
+            log_ns = message.log_ns
             if first_ns is None:
                 first_ns = log_ns
             if self.options.realtime:  # pace by the bag's clock: the worker falls behind as on the robot
                 delay = (log_ns - first_ns) / 1e9 / rate - (time.monotonic() - started)
                 if delay > 0:
                     time.sleep(delay)
-            topic = connection.topic
+            topic = message.topic
             stream = scheduler.cameras[topic]
-            msg = self.reader.deserialize(rawdata, connection.msgtype)
-            stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            try:
+                stamp, frame_id = message.header()
+            except BadImage as error:  # as the node does: no stamp, no frame
+                log.warning("%s: %s; frame dropped", topic, error)
+                continue
             self.origin.setdefault(topic, stamp)
-            self.frame_ids[topic] = msg.header.frame_id
-            for warning in stream.feed(stamp, msg):
+            self.frame_ids[topic] = frame_id
+            for warning in stream.feed_lazy(stamp, message.load):
                 log.warning("%s: %s", topic, warning)
             if self.options.copy_images:
                 with self._lock:
-                    self.bag_out.write_image(topic, log_ns, rawdata)
+                    self.bag_out.write_image(topic, log_ns, message.raw)
             if self.options.realtime:
                 scheduler.notify()
             else:
@@ -352,7 +352,7 @@ def run(args: argparse.Namespace) -> int:
     if not bag_paths:
         print(f"svlm replay: shard {args.shard} has no bags (fewer bags than shards)")
         return 0
-    configs = load_replay_configs(args.params, args.set, model=args.model, device=args.device, seed=args.seed)
+    configs = load_node_configs(args.params, args.set, model=args.model, device=args.device, seed=args.seed)
     for bag in bag_paths:  # a bad bag or topic fails here, before minutes of model loading
         bags.check(bag, args.topics)
     seed_everything(args.seed)
@@ -366,16 +366,15 @@ def run(args: argparse.Namespace) -> int:
     several = len(bag_paths) > 1 or args.shard
     summaries = []
     for bag in bag_paths:
-        bag_out = out / bags.run_name(bag) if several else out
+        bag_out = out / run_name(bag) if several else out
         seed_everything(args.seed)
         metrics = BagReplay(bag, loaded, configs, options, bag_out).run()
-        summaries.append({"bag": bags.run_name(bag), "path": str(bag), **report.summary_row(metrics)})
+        summaries.append({"bag": run_name(bag), "path": str(bag), **report.summary_row(metrics)})
         if args.reference:
             from .evaluate import evaluate_run, reference_for_run
-            from .reference import load_reference
 
             evaluate_run(bag_out, args.reference)
-            report.render_with_reference(bag_out, load_reference(reference_for_run(bag_out, args.reference)))
+            report.render_with_reference(bag_out, load_timed_text(reference_for_run(bag_out, args.reference)))
         print(f"{bag}: {report.one_line(metrics)} -> {bag_out}")
     if several:
         report.write_summary(out, summaries, args.shard)

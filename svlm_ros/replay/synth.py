@@ -22,8 +22,10 @@ import numpy as np
 from rosbags.rosbag1 import Writer as Ros1Writer
 from rosbags.rosbag2 import StoragePlugin, Writer
 
-from .messages import typestore
 from ..progress import progress
+from ..sources.bags import REFERENCE_SIDECAR, REFERENCE_VTT_SIDECAR, sidecar
+from ..sources.messages import typestore
+from ..sources.timed_text import vtt_time
 
 log = logging.getLogger(__name__)
 
@@ -124,15 +126,7 @@ def camera_topics(cameras: int, compressed: bool) -> List[str]:
 
 def reference_paths(bag: Path) -> Tuple[Path, Path]:
     """Where the reference of a synthetic bag goes: `BAG.reference.jsonl` and `.vtt` beside it."""
-    stem = bag.with_suffix("") if bag.suffix in (".bag", ".mcap", ".db3") else bag
-    return Path(f"{stem}.reference.jsonl"), Path(f"{stem}.reference.vtt")
-
-
-def vtt_time(seconds: float) -> str:
-    millis = int(round(seconds * 1000))
-    hours, rest = divmod(millis, 3_600_000)
-    minutes, rest = divmod(rest, 60_000)
-    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}.{rest % 1000:03d}"
+    return sidecar(bag, REFERENCE_SIDECAR), sidecar(bag, REFERENCE_VTT_SIDECAR)
 
 
 def write_synthetic_bag(out: Path, seconds: int, storage: str = "mcap", compressed: bool = False,

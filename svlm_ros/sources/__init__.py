@@ -2,7 +2,8 @@
 
 This package owns reading what a robot recorded, for the replay, the training data, the memory
 and the node alike, so that each reads it the same way. It sits below them all and imports
-none of them (numpy, OpenCV and rosbags only; never rclpy).
+none of them, nor rclpy: only the engine's window assembly (for the frame intake), numpy,
+OpenCV and rosbags.
 
 - `bags.py`: opening a bag, its topics, the names of the files around a recording (bag
   suffixes, sidecars, run names), and reading camera messages lazily: the stamp is peeked from
@@ -13,4 +14,6 @@ none of them (numpy, OpenCV and rosbags only; never rclpy).
 - `stamps.py`: stamps and float seconds, both ways.
 - `videos.py`: frames from video files and folders of images.
 - `images.py`: sensor_msgs Image / CompressedImage to RGB frames, with the cause of a bad one.
+- `intake.py`: one camera's frames in, the engine's windows out: stamp checks, lazy conversion,
+  counters and warnings, the same for the node, a replay and the training data.
 """

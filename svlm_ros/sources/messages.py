@@ -69,8 +69,3 @@ def typestore():
         types.update(get_types_from_msg(text, name))
     store.register(types)
     return store
-
-
-def typestore_with_svlm_types():
-    """The typestore, under the name the evaluation code imports."""
-    return typestore()
