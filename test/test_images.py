@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
-from svlm_ros.node.images import BadImage, to_rgb
+from svlm_ros.sources.images import BadImage, to_rgb
 
 RGB = np.zeros((4, 6, 3), np.uint8)
 RGB[..., 0] = 200  # red

@@ -234,7 +234,7 @@ def engine_windows(bag):
     """Each second's frames as the engine samples them (header stamps, WindowAssembler at 2 fps)."""
     from svlm_ros.config import FrameConfig
     from svlm_ros.engine.windows import WindowAssembler
-    from svlm_ros.node.images import to_rgb
+    from svlm_ros.sources.images import to_rgb
     from svlm_ros.replay import bags as bag_io
 
     reader = bag_io.open_bag(bag)

@@ -97,6 +97,34 @@ def test_replay_is_deterministic(bags, tmp_path):
     assert texts[0] == texts[1]
 
 
+def test_a_multi_camera_bag_is_replayed_in_batches_with_the_descriptions_of_one_camera_at_a_time(tmp_path,
+                                                                                                   monkeypatch):
+    """Issue 20: unpaced, the cameras' windows go through the model in batched steps; the descriptions
+    are those of `--set max_batch=1` (one camera per step), camera by camera, window by window."""
+    bag = tmp_path / "three"
+    write_synthetic_bag(bag, 5, "mcap", cameras=3, height=48, width=64, fps=4, seed=3)
+    steps = []
+    original = Scheduler._describe
+
+    def counted(self, work):
+        steps.append(len(work))
+        return original(self, work)
+
+    monkeypatch.setattr(Scheduler, "_describe", counted)
+    described = {}
+    for name, extra in (("batched", []), ("one_at_a_time", ["--set", "max_batch=1"])):
+        steps.clear()
+        assert svlm(["replay", str(bag), "--out", str(tmp_path / name), "--seed", "7", *FAST, *extra]) == 0
+        records = rows(tmp_path / name / "descriptions.jsonl")
+        described[name] = sorted((r["camera"], r["index"], r["start"], r["text"], r["silent"], r["generated_tokens"])
+                                 for r in records)
+        if name == "batched":
+            assert max(steps) == 3 and sum(steps) == len(records) == 15
+        else:
+            assert set(steps) == {1} and len(steps) == 15
+    assert described["batched"] == described["one_at_a_time"]
+
+
 def test_start_end_and_topic_select(bags, tmp_path):
     out = tmp_path / "run"
     assert svlm(["replay", str(bags["mcap"]), "--out", str(out), "--topic", "/cam0/image_raw",

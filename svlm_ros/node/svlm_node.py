@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from svlm_ros.srv import Ask, Recall
 
 from ..engine.models import RANDOM_MODELS, load_model
 from . import parameters
+from ..sources.bags import peek_header
 from ..sources.images import BadImage
 from .memory import NodeMemory, to_entry_msg
 from ..sources.intake import FrameWarning
@@ -46,20 +46,6 @@ MEMORY_CLOSE_RESERVE_S = 1.0
 # does not need (four in five from a 10-Hz camera at 2 fps) are never deserialized.
 # docs/benchmarks.md ("Frames heard") has the measurement.
 RAW_SUBSCRIPTIONS = True
-_CDR_HEADER = struct.Struct("<iII"), struct.Struct(">iII")  # sec, nanosec, frame_id length
-
-
-def peek_header(data: bytes) -> Tuple[float, str]:
-    """header.stamp (seconds) and frame_id of a serialized Image/CompressedImage, without deserializing.
-
-    Both messages start with std_msgs/Header, right after the 4-byte CDR encapsulation header
-    (whose second byte says the byte order): int32 sec, uint32 nanosec, then frame_id as a
-    length-prefixed, NUL-terminated string."""
-    if len(data) < 16:
-        raise BadImage(f"serialized message of {len(data)} bytes is too short to hold a header", "malformed_raw")
-    sec, nanosec, length = _CDR_HEADER[0 if data[1] == 1 else 1].unpack_from(data, 4)
-    frame_id = bytes(data[16:16 + max(0, length - 1)]).decode("utf-8", "replace") if 16 + length <= len(data) else ""
-    return sec + nanosec * 1e-9, frame_id
 
 
 class _Interrupted(Exception):

@@ -312,28 +312,20 @@ def run_eval(args: argparse.Namespace) -> int:
 def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs=2, metavar="RUN_DIR", help="runs A and B (or two fleet directories)")
     _common_arguments(parser)
-    parser.add_argument("--endpoint", required=True,
-                        help="OpenAI-compatible API base URL (…/v1) or its /chat/completions URL")
-    parser.add_argument("--model", required=True, help="the judge model's name at the endpoint")
-    parser.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                        help="environment variable holding the API key (unset: no key is sent)")
-    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    parser.add_argument("--retries", type=int, default=3, help="retries on 5xx, 429, time-outs, connection errors")
-    parser.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles)")
-    parser.add_argument("--max-chars", type=int, default=4000, help="characters of each text in a prompt")
+    from .judge import add_client_arguments
+
+    add_client_arguments(parser)
     parser.add_argument("--out", default=None, help="output directory (default: judge_<A>_vs_<B>)")
     parser.add_argument("--cache", default=None, help="answer cache (default: OUT/judge_cache.jsonl)")
 
 
 def run_judge(args: argparse.Namespace) -> int:
-    from .judge import JudgeConfig, judge_pairs, markdown
+    from .judge import config_from_args, judge_pairs, markdown
 
     a, b = (Path(p) for p in args.runs)
     windows_a, windows_b = paired_windows(a, b, args.reference, args.window, args.camera)
     pairs = compare.pair_windows(windows_a, windows_b)
-    config = JudgeConfig(args.endpoint, args.model, args.api_key_env, args.concurrency, args.timeout,
-                         args.retries, args.backoff, args.max_chars)
+    config = config_from_args(args)
     out = Path(args.out) if args.out else Path(f"judge_{a.resolve().name}_vs_{b.resolve().name}")
     summary = judge_pairs(pairs, config, out, Path(args.cache) if args.cache else None, (str(a), str(b)))
     print(markdown(summary), end="")

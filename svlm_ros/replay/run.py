@@ -1,9 +1,10 @@
 """`svlm replay`: rosbags through the node's own data path, into descriptions and a report.
 
-A replay builds the node's ROS-free core (`svlm_ros.node.scheduler`: per-camera window
-assembly, frame conversion, bad-frame handling and counters, one engine session per camera) and
-feeds it the bag's image messages in log-time order. By default every window is described (the
-caller's thread drains the queue after each frame, as fast as the machine goes). `--realtime`
+A replay builds the node's ROS-free core (`svlm_ros.node.scheduler`: each camera's frame intake,
+one engine stream per camera, batched steps) and feeds it the bag's image messages in log-time
+order. By default every window is described, as fast as the machine goes: the caller's thread
+describes the cameras' windows in batches as soon as every camera has one waiting (the same
+descriptions as one camera at a time, `--set max_batch=1`). `--realtime`
 instead paces the messages by the bag's clock (times `--rate`) and lets the scheduler's worker
 thread run as on the robot, so windows are skipped exactly when the node would skip them.
 
@@ -36,9 +37,9 @@ import torch
 
 from ..config import EngineConfig, MemoryConfig, NodeConfig
 from ..engine.models import RANDOM_MODELS, LoadedModel, load_model
-from ..memory.store import Entry, MemoryStore, WriterLock
-from ..memory.summaries import SummaryJob, SummaryModel, SummaryPlanner, SummaryStore, Summarizer
-from ..memory.writer import MemoryWriter
+from ..memory.recorder import MemoryRecorder
+from ..memory.records import Entry
+from ..memory.summaries import SummaryModel
 from ..node.scheduler import Described, Scheduler
 from ..params import load_node_configs
 from ..process import rss_bytes
@@ -67,49 +68,30 @@ class ReplayOptions:
 
 class StoreFiller:
     """`--memory`: every described window into the store (a replay waits for the disk rather than
-    drop a window), and each closed period's summaries, run by the scheduler when no window waits,
-    as in the node."""
+    drop a window), and each closed period's summaries, run by the scheduler when no window waits:
+    the node's own recorder (`memory.recorder.MemoryRecorder`)."""
 
     def __init__(self, path: Path, config: MemoryConfig, loaded: LoadedModel, engine_config: EngineConfig,
                  scheduler: Scheduler):
         self.path = path
-        self.scheduler = scheduler
+        model = SummaryModel(loaded, engine_config) if config.summary_minutes > 0 else None
         # One writer a file: a node (or another replay) writing it refuses this one, with its pid and name.
-        self.lock = WriterLock(path, "svlm replay")
-        self.writer = MemoryWriter(lambda: MemoryStore(path, config), config.queue_size)
-        self.planner = SummaryPlanner(config)
-        self.summarizer: Optional[Summarizer] = None
-        if config.summary_minutes > 0:
-            model = SummaryModel(loaded, engine_config)
-            self.summarizer = Summarizer(MemoryStore(path, config), SummaryStore(path), config, model.count_tokens,
-                                         model)
+        self.recorder = MemoryRecorder(path, config, scheduler.when_idle, model, owner="svlm replay", block=True)
 
     def record(self, record: "WindowRecord") -> None:
-        self.writer.offer(Entry(record.camera, record.start, record.end, record.text, record.silent), block=True)
-        if self.summarizer is not None:
-            for job in self.planner.observe(record.camera, record.end):
-                self.scheduler.when_idle(lambda job=job: self._summarize(job))
+        self.recorder.record(Entry(record.camera, record.start, record.end, record.text, record.silent))
 
     def bag_ended(self) -> None:
         """Summaries of the periods still open; the caller then lets the scheduler run them."""
-        if self.summarizer is not None:
-            for job in self.planner.close():
-                self.scheduler.when_idle(lambda job=job: self._summarize(job))
-
-    def _summarize(self, job: SummaryJob) -> None:
-        self.writer.flush(embedded=False)  # the period's last windows must be in the store before it is read
-        summary = self.summarizer.run(job)
-        log.debug("summary %s %s %.0f-%.0f: %s", job.camera, job.tier, job.start, job.end, summary.text)
+        self.recorder.close_periods()
 
     def close(self) -> None:
-        self.writer.flush()
-        self.writer.close()
-        if self.summarizer is not None:
-            log.info("memory %s: %d windows written, %d summaries", self.path, self.writer.written,
-                     self.summarizer.done + self.summarizer.empty)
-            self.summarizer.store.close()
-            self.summarizer.summaries.close()
-        self.lock.release()
+        recorder = self.recorder
+        recorder.flush()
+        written = recorder.writer.written if recorder.writer is not None else 0
+        recorder.close()
+        if recorder.summarizer is not None:
+            log.info("memory %s: %d windows written, %d summaries", self.path, written, recorder.summaries_written)
 
 
 class MemorySampler:
@@ -152,8 +134,9 @@ class BagReplay:
         duration_s = max((stop_ns - start_ns) / 1e9, 1e-9)
         self._thumb_every = max(1.0, duration_s / max(1, options.thumbnails))
         self._write_run_json(start_ns, stop_ns)
+        # Unpaced, nothing is skipped and the cameras' windows are described in batches as they come.
         scheduler = Scheduler(self.loaded, self.engine_config, self.node_config, self._on_described,
-                              list(self.topics))
+                              list(self.topics), offline=not options.realtime)
         for name, stream in scheduler.cameras.items():
             stream.on_skip = lambda window, name=name: self._on_skipped(name, window)
         self.scheduler = scheduler
@@ -221,7 +204,7 @@ class BagReplay:
             if self.options.realtime:
                 scheduler.notify()
             else:
-                scheduler.drain()
+                scheduler.drain(due_only=True)
             bar.n = int((log_ns - start_ns) / 1e9)
             bar.refresh() if not bar.disable else None
 
