@@ -37,8 +37,8 @@ def engine_config(cache=None) -> EngineConfig:
     return config
 
 
-def build(out, sources, tokenizer, **dataset):
-    builder = DatasetBuilder(out, DatasetConfig(**dataset), engine_config(), NodeConfig(), tokenizer)
+def build(out, sources, tokenizer, engine=None, **dataset):
+    builder = DatasetBuilder(out, DatasetConfig(**dataset), engine or engine_config(), NodeConfig(), tokenizer)
     for source in sources:
         builder.add(source)
     builder.finish(sources)
@@ -139,6 +139,30 @@ def test_labels_cover_exactly_the_assistant_answers(dataset, tiny_model):
     assert sample.meta["start_s"] == 12
     previous = tokenizer.decode(sample.meta["previous_ids"])
     assert "..." not in previous and previous.startswith(" A ")
+
+
+def test_a_mid_stream_samples_previous_text_is_the_engines_cut_with_the_robots_cache_settings(bags, tiny_model,
+                                                                                                tmp_path):
+    """Issue 21, defect 7: `--params` with cache.sink_tokens=8 was ignored (the dataset cut at 512/512 of
+    its own). The builder now cuts with the engine's rule and the robot's numbers: the previous text of the
+    sample starting at 12 s is, token for token, what the engine's cache holds when it reaches 12 s."""
+    policy = CachePolicy(vision_windows=None, text_windows=0, sink_tokens=8, recent_tokens=16)
+    data, _ = build(tmp_path / "ds", parse_sources([str(bags[0])]), tiny_model.tokenizer, engine=engine_config(policy))
+    first, sample = data[0], data[1]
+    assert sample.meta["start_s"] == 12 and len(sample.meta["previous_ids"]) == 8 + 16  # cut: the text is longer
+    builder = SequenceBuilder(tiny_model.tokenizer, data.manifest["engine"], tiny_model.time_step(2.0))
+    session = StreamSession(tiny_model, engine_config(policy))
+    im_end = session.prompt.special.im_end
+    script = []
+    for second in first.meta["seconds"][:13]:
+        script += builder.answer_ids(second["text"]) + builder.marker_ids + [im_end]
+    session.sampler = ScriptedSampler(script)
+    for window in raw_windows(bags[0])[:13]:  # the policy runs as window 12 comes in: answers 0..11 moved
+        session.step(window.frames, window.start_s, window.end_s)
+    from svlm_ros.engine.segments import Kind
+
+    engine_previous = [int(t) for s in session.table.of_kind(Kind.PREV_TEXT) for t in s.tokens]
+    assert engine_previous == sample.meta["previous_ids"]
 
 
 # ----- the builder on each source kind, bad input reported not fatal -----------------------------

@@ -120,3 +120,10 @@ def test_the_zero3_launch_config_passes_accelerates_own_checks(precision):
     # The training config's mixed_precision decides bf16 (zero3.json leaves it "auto").
     assert config["bf16"]["enabled"] is (precision == "bf16")
     assert config["train_micro_batch_size_per_gpu"] == config["gradient_accumulation_steps"] == "auto"
+
+
+def test_the_old_previous_text_keys_say_where_the_cut_is_set_now():
+    from training.config import DatasetConfig, from_dict
+
+    with pytest.raises(ValueError, match=r"previous_sink_tokens: .*cache\.sink_tokens.*--params"):
+        from_dict(DatasetConfig, {"previous_sink_tokens": 8})

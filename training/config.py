@@ -16,9 +16,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from svlm_ros.config import CachePolicy, ModelConfig
-
-_POLICY = CachePolicy()
+from svlm_ros.config import ModelConfig
 
 
 @dataclass
@@ -28,9 +26,6 @@ class DatasetConfig:
     window_seconds: int = 24  # seconds per sample (one user + assistant turn each)
     stride_seconds: int = 12  # between sample starts: consecutive samples overlap by the difference
     min_window_seconds: int = 4  # a shorter tail of a stream makes no sample
-    # The previous-text block keeps its first and last tokens, as the engine's cache does.
-    previous_sink_tokens: int = _POLICY.sink_tokens
-    previous_recent_tokens: int = _POLICY.recent_tokens
     keep_silent_windows: bool = False  # a window in which nobody says anything teaches only " ..."
     max_missing_fraction: float = 0.25  # a window missing more of its seconds' frames is skipped
     samples_per_shard: int = 64  # fixed: a reader finds sample i in shard i // samples_per_shard
@@ -42,8 +37,6 @@ class DatasetConfig:
                              f"{self.window_seconds}")
         if not 1 <= self.min_window_seconds <= self.window_seconds:
             raise ValueError(f"need 1 <= min_window_seconds <= window_seconds, got {self.min_window_seconds}")
-        if self.previous_sink_tokens < 0 or self.previous_recent_tokens < 0:
-            raise ValueError("previous_sink_tokens and previous_recent_tokens must be >= 0")
         if not 0 <= self.max_missing_fraction < 1:
             raise ValueError(f"max_missing_fraction must be in [0, 1), got {self.max_missing_fraction}")
         if self.samples_per_shard < 1:
@@ -165,6 +158,12 @@ class LabelConfig:
         return self
 
 
+# Keys that are no longer the training config's, and where their setting lives now.
+MOVED = {key: ("the previous-text cut is the engine's own (cache.sink_tokens, cache.recent_tokens), read from the "
+               "robot's parameter file: set them there (--params config/svlm.yaml) or with --set cache.sink_tokens=N")
+         for key in ("previous_sink_tokens", "previous_recent_tokens")}
+
+
 def from_dict(cls, values: Dict[str, Any], where: str = ""):
     """A dataclass from nested dicts, every value checked against its field's type; an unknown key
     is refused with the known ones. Unset fields keep the defaults of `cls()`, nested ones too
@@ -180,6 +179,9 @@ def _from_dict(defaults, values: Dict[str, Any], where: str):
         raise ValueError(f"{where or cls.__name__}: expected a mapping, got {type(values).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
+    moved = [key for key in unknown if key in MOVED]
+    if moved:
+        raise ValueError(f"{where or cls.__name__}: {', '.join(moved)}: {MOVED[moved[0]]}")
     if unknown:
         raise ValueError(f"{where or cls.__name__}: unknown key(s) {unknown}; known: {sorted(known)}")
     hints = typing.get_type_hints(cls)

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import zipfile
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -36,10 +35,12 @@ import numpy as np
 
 from svlm_ros.config import EngineConfig, NodeConfig
 from svlm_ros.engine.frames import TEMPORAL_PATCH, resize_frames, target_size
-from svlm_ros.engine.windows import Window, WindowAssembler
+from svlm_ros.engine.segments import previous_text_kept
+from svlm_ros.engine.windows import Window
 from svlm_ros.sources.bags import (BAG_SUFFIXES, SIDECARS, find_sidecar, image_topics, is_bag, is_sidecar,
                                    mcap_repair_hint, open_bag, read_lazily, run_name, truncated_mcaps)
 from svlm_ros.sources.images import BadImage, to_rgb
+from svlm_ros.sources.intake import FrameIntake
 from svlm_ros.sources.timed_text import EPS, FILE_FORMATS, is_absolute, load_timed_text, same_camera, second_of
 from svlm_ros.sources.timed_text import words_in_time_order
 from svlm_ros.sources.videos import VIDEO_SUFFIXES, is_video_file, read_frames
@@ -146,6 +147,10 @@ WINDOW_SILENT = "windows without any text"
 WINDOW_GAPS = "windows missing too many seconds"
 WINDOW_RESOLUTION = "windows with a resolution change"
 TIME_BACK = "seconds after a jump back in time"
+# The frame intake's counters (sources/intake.py), as the node's diagnostics count them.
+FRAME_COUNTERS = {"zero_stamps": "frames with header.stamp = 0 (the driver sets no stamp; dropped)",
+                  "repeated_stamps": "frames repeating the previous frame's header.stamp (dropped)",
+                  "late_frames": "late, out-of-order or clock-glitch frames (dropped)"}
 BAG_DAMAGED = "bags damaged on disk (read up to the damage)"
 MESSAGES_LOST = "camera messages the bag's index lists but its chunks no longer hold"
 
@@ -180,12 +185,9 @@ class StreamCutter:
         self.next_start = 0
         self.last_end = 0
         self.newest = -1
-        # Previous text: context, then each second's answer words, as the engine moves them.
-        context = list(encode(engine.prompt.context))
-        recent = config.previous_recent_tokens
-        self.prev_head: List[int] = context[:config.previous_sink_tokens + recent]
-        self.prev_tail: deque = deque(context[-recent:] if recent else [], maxlen=recent or None)
-        self.prev_total = len(context)
+        # Previous text: context, then each second's answer words, as the engine moves them; cut
+        # by the engine's own rule with the robot's cache settings (segments.previous_text_kept).
+        self.prev_ids: List[int] = list(encode(engine.prompt.context))
         self.prev_upto = 0  # seconds already added to the previous text
         self.samples = 0
 
@@ -221,22 +223,16 @@ class StreamCutter:
                                            f"({total * self.unit:.0f} s), first at {first * self.unit:.0f} s", outside)
 
     def _previous_ids(self, start: int) -> List[int]:
-        sink, recent = self.config.previous_sink_tokens, self.config.previous_recent_tokens
         for index in range(self.prev_upto, start):
             text = self.answer_text(index)
-            if not text:
-                continue
-            ids = self.encode(" " + text)
-            room = sink + recent - len(self.prev_head)
-            if room > 0:
-                self.prev_head.extend(ids[:room])
-            if recent:
-                self.prev_tail.extend(ids)
-            self.prev_total += len(ids)
+            if text:
+                self.prev_ids.extend(self.encode(" " + text))
         self.prev_upto = max(self.prev_upto, start)
-        if self.prev_total <= sink + recent:
-            return list(self.prev_head[:self.prev_total])
-        return list(self.prev_head[:sink]) + (list(self.prev_tail) if recent else [])
+        kept = previous_text_kept(len(self.prev_ids), self.engine.cache)
+        if len(kept) > 1:  # what is cut never comes back: drop it, so a long stream stays small
+            (_, sink), (tail, _) = kept
+            self.prev_ids[sink:tail] = []
+        return list(self.prev_ids)
 
     def _cut(self, start: int, end: int) -> None:
         self.last_end = end
@@ -284,48 +280,49 @@ def prepare_second(window: Window, engine: EngineConfig) -> Second:
 
 
 # ----- reading frames from sources ---------------------------------------------------------------
-class _Camera:
-    """A camera's window assembly, as the node's camera stream does it (scheduler.CameraStream)."""
+class _Camera(FrameIntake):
+    """A camera's frames into seconds for the cutter, through the node's own frame intake (the
+    same stamp checks, sampling, conversion, window assembly and counters as the node and replay).
+
+    At a jump back in time that goes on, the node starts a fresh stream; here the camera's
+    samples end (a new stream would restart the prompt's clock, and relative reference times would
+    no longer match). Its frames are still counted, so report.json's counters are the node's."""
 
     def __init__(self, engine: EngineConfig, node: NodeConfig, cutter: StreamCutter, report: Report, name: str):
-        frames = engine.frames
-        self.assembler = WindowAssembler(frames.window_seconds, frames.frames_per_window, node.restart_after_s,
-                                         node.jump_confirm_s)
+        super().__init__(engine.frames, node.restart_after_s, node.jump_confirm_s)
         self.engine, self.cutter, self.report, self.name = engine, cutter, report, name
         self.origin: Optional[float] = None
-        self.stopped = False
+        self.stopped_at: Optional[float] = None
 
-    def feed(self, stamp_s: float, load: Callable[[], np.ndarray]) -> None:
-        if self.stopped:
-            return
+    def _window_ready(self, window: Window) -> None:
+        if self.stopped_at is None:
+            self.cutter.add(prepare_second(window, self.engine))
+
+    def _restarted(self) -> None:
+        self.stopped_at = self.assembler.anchor
+
+    def feed_frame(self, stamp_s: float, load: Callable[[], object], convert: Callable[[object], np.ndarray]) -> None:
         if self.origin is None:
             self.origin = stamp_s
-        frame = None
-        if self.assembler.wants(stamp_s):
-            try:
-                frame = load()
-            except BadImage as error:
+        was_stopped = self.stopped_at is not None
+        for warning in self.feed_lazy(stamp_s, load, convert):
+            if warning.bad_frame:
                 self.report.skip(BAD_FRAME, f"{self.cutter.source} {self.name} at {stamp_s - self.origin:.2f} s: "
-                                            f"{error}")
-                return
-        result = self.assembler.add(stamp_s, frame)
-        for window in result.windows:
-            self.cutter.add(prepare_second(window, self.engine))
-        if result.restarted:
-            # A new stream would restart the prompt's clock; relative reference times would no
-            # longer match, so the old stream ends here.
-            if result.ended is not None:
-                self.cutter.add(prepare_second(result.ended, self.engine))
+                                            f"{warning}")
+        if self.stopped_at is not None and not was_stopped:
             self.report.skip(TIME_BACK, f"{self.cutter.source} {self.name}: sensor time jumped back after "
                                         f"{stamp_s - self.origin:.1f} s; the rest of this camera is not used")
-            self.stopped = True
 
     def finish(self) -> None:
-        if not self.stopped:
-            window = self.assembler.flush()
-            if window is not None:
-                self.cutter.add(prepare_second(window, self.engine))
+        self.flush()
         self.cutter.finish()
+        where = f"{self.cutter.source} {self.name}"
+        for counter, reason in FRAME_COUNTERS.items():
+            count = getattr(self.stats, counter)
+            if count:
+                self.report.skip(reason, f"{where}: {count} frames", count)
+        info = self.report.sources.setdefault(self.cutter.source, {})
+        info.setdefault("cameras", {})[self.name] = self.stats.as_dict()
 
 
 def _bag_messages(path: Path) -> Iterator:
@@ -435,7 +432,7 @@ class DatasetBuilder:
             if camera is None:
                 cutter = self._cutter(source, topic, words, stamp if absolute else None)
                 camera = cameras[topic] = _Camera(self.engine, self.node, cutter, self.report, topic)
-            camera.feed(stamp, lambda message=message: to_rgb(message.load()))
+            camera.feed_frame(stamp, message.load, to_rgb)
         for camera in cameras.values():
             camera.finish()
         # A bag without chunk checksums (rosbags writes none) damaged inside a chunk: the reader
@@ -450,7 +447,7 @@ class DatasetBuilder:
         words = words_in_time_order(segments)
         camera = _Camera(self.engine, self.node, self._cutter(source, "video", words, None), self.report, "video")
         for seconds, frame in read_frames(source.video, folder_fps=self.engine.frames.fps):
-            camera.feed(seconds, lambda frame=frame: frame)
+            camera.feed_frame(seconds, lambda frame=frame: frame, np.asarray)
         camera.finish()
 
     def finish(self, sources: Sequence[Source]) -> Dict:

@@ -194,12 +194,10 @@ class SegmentTable:
 
     def _trim_previous_text(self, policy: CachePolicy) -> None:
         """Keep the first `sink_tokens` and last `recent_tokens` content tokens; cut the middle."""
-        if policy.sink_tokens is None or policy.recent_tokens is None:
+        kept = previous_text_kept(self.prev_text_length(), policy)
+        if len(kept) == 1:
             return
-        total = self.prev_text_length()
-        if total <= policy.sink_tokens + policy.recent_tokens:
-            return
-        cut_start, cut_end = policy.sink_tokens, total - policy.recent_tokens
+        (_, cut_start), (cut_end, _) = kept
         result: List[Segment] = []
         offset = 0
         for segment in self.segments:
@@ -252,6 +250,15 @@ class SegmentTable:
                                      f"expected {slot}/{position}")
             slot += len(segment)
             position += segment.extent
+
+
+def previous_text_kept(total: int, policy: CachePolicy) -> Tuple[Tuple[int, int], ...]:
+    """The [start, end) ranges of `total` previous-text tokens the cache keeps: all of them, or the
+    first `sink_tokens` and the last `recent_tokens` (StreamingVLM's cut; the training data's too)."""
+    sink, recent = policy.sink_tokens, policy.recent_tokens
+    if sink is None or recent is None or total <= sink + recent:
+        return ((0, total),)
+    return ((0, sink), (total - recent, total))
 
 
 def _slice(segment: Segment, start: int, stop: int) -> Segment:

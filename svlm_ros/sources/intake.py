@@ -52,11 +52,13 @@ class CameraStats:
 
 
 class FrameWarning(str):
-    """A warning to log, with its kind, so a node can throttle per (camera, kind)."""
+    """A warning to log, with its kind, so a node can throttle per (camera, kind); `bad_frame`: an
+    unusable image (its kind is BadImage's cause)."""
 
-    def __new__(cls, text: str, kind: str):
+    def __new__(cls, text: str, kind: str, bad_frame: bool = False):
         warning = super().__new__(cls, text)
         warning.kind = kind
+        warning.bad_frame = bad_frame
         return warning
 
 
@@ -90,8 +92,10 @@ class FrameIntake:
         counted)."""
         return self.feed_lazy(stamp_s, lambda: msg)
 
-    def feed_lazy(self, stamp_s: float, load: Callable[[], object]) -> List[str]:
-        """`feed` for a message that is costly to get (deserialized on demand): `load()` returns it."""
+    def feed_lazy(self, stamp_s: float, load: Callable[[], object],
+                  convert: Callable[[object], np.ndarray] = to_rgb) -> List[str]:
+        """`feed` for a message that is costly to get (deserialized on demand): `load()` returns it,
+        `convert` makes it an RGB frame (a video's frames are already)."""
         with self.lock:
             self.stats.frames += 1
             self.stats.last_frame_wall = time.monotonic()
@@ -104,13 +108,12 @@ class FrameIntake:
         # Converting outside the lock keeps the worker's `take` from waiting on a decode;
         # one camera's callbacks run one at a time (the node gives each camera its own group).
         try:
-            msg = load()
-            frame = to_rgb(msg)
+            frame = convert(load())
         except BadImage as error:
             with self.lock:
                 self.stats.bad_frames += 1
                 self.stats.bad_frames_by_cause[error.cause] = self.stats.bad_frames_by_cause.get(error.cause, 0) + 1
-            return [FrameWarning(f"{error}; frame dropped", error.cause)]
+            return [FrameWarning(f"{error}; frame dropped", error.cause, bad_frame=True)]
         with self.lock:
             warnings = self._check_resolution(frame)
             return warnings + self._add(stamp_s, frame)
