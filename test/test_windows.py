@@ -60,6 +60,17 @@ def test_a_sustained_jump_back_starts_a_fresh_stream_with_no_frame_lost():
     assert np.allclose(new[0].frame_stamps, [20.0, 20.5])  # the frames held before the restart are used
 
 
+def test_a_jump_back_of_a_few_seconds_that_goes_on_starts_a_fresh_stream():
+    """A loop back by 3 s (more than restart_after_s, less than it plus jump_confirm_s): the new
+    timeline's frames come within restart_after_s of the old open window before the jump is
+    confirmed; they still belong to the jump, not 'late' (found by the quirky-bag intake test)."""
+    assembler = WindowAssembler(1.0, 2, restart_after_s=2.0, confirm_s=1.0)
+    feed(assembler, [1.0 + i / 10 for i in range(40)])  # windows 1..3 done, 4 open
+    windows, results = feed(assembler, [1.0 + i / 10 for i in range(25)])  # back to 1.0, on for 2.4 s
+    assert sum(r.restarted for r in results) == 1 and not any(r.late for r in results)
+    assert [(w.index, w.start_s) for w in windows] == [(3, 4.0), (0, 1.0), (1, 2.0)]
+
+
 def test_one_frame_far_in_the_future_does_not_make_later_frames_late():
     assembler = WindowAssembler(1.0, 2, restart_after_s=2.0, confirm_s=1.0)
     feed(assembler, [0.0 + i / 10 for i in range(12)])

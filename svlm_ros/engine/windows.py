@@ -86,6 +86,8 @@ class WindowAssembler:
         if self.anchor is None:
             return "first"
         if stamp_s < self.window_start:
+            if self._jump is not None and self._jump.backward and stamp_s >= self._jump.last_s:
+                return "back"  # a jump back's new timeline going on, though it nears the old one again
             return "back" if self.window_start - stamp_s > self.jump_s else "late"
         if self.newest is not None and stamp_s - self.newest > self.jump_s:
             return "forward"
