@@ -10,6 +10,12 @@ per-window sufficient statistics, means for ROUGE-L and similarity, pooled secon
 agreement), and takes the 2.5th and 97.5th percentiles of B - A. Verdict: "B better" when the
 whole interval is above 0, "A better" when it is below 0, "no clear difference" when it
 contains 0.
+
+The grounded figures (`grounded.py`, against the scene's truth) are compared the same way over
+seconds instead of windows: seconds are paired by (bag, camera, second), a draw takes seconds
+with replacement, and each figure of the draw is its ratio of summed counts, as
+`grounded.aggregate` defines it. Their draws are their own (same `n` and seed), so adding them
+leaves the windows' intervals as they were.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import grounded
 from .quality import Window
 
 log = logging.getLogger(__name__)
@@ -102,6 +109,48 @@ def compare_windows(a: Sequence[Window], b: Sequence[Window], samples: int = 100
     return result
 
 
+def pair_seconds(a: Sequence[grounded.Second], b: Sequence[grounded.Second]
+                 ) -> List[Tuple[grounded.Second, grounded.Second]]:
+    """Scored seconds of A and B of the same camera-second, in A's order."""
+    key = lambda s: (s.bag, s.camera, s.second)  # noqa: E731
+    by_key = {key(s): s for s in b}
+    pairs = [(s, by_key[key(s)]) for s in a if key(s) in by_key]
+    unpaired = len(a) + len(b) - 2 * len(pairs)
+    if unpaired:
+        log.warning("%d scored seconds are in only one of the runs; the grounded comparison leaves them out", unpaired)
+    return pairs
+
+
+def compare_seconds(a: Sequence[grounded.Second], b: Sequence[grounded.Second], samples: int = 1000,
+                    seed: int = 0) -> Dict:
+    """Grounded deltas B - A with paired bootstrap 95% intervals over seconds (the module docstring)."""
+    if samples < 1:
+        raise ValueError(f"--bootstrap must be >= 1, got {samples}")
+    pairs = pair_seconds(a, b)
+    result: Dict = {"delta": "B - A", "seconds": len(pairs), "bootstrap_samples": samples, "seed": seed,
+                    "definitions": "svlm_ros/replay/grounded.py (module docstring)", "metrics": {}}
+    if not pairs:
+        log.warning("the two runs share no scored second; no grounded comparison")
+        return result
+    counts_a = grounded.count_matrix([p[0] for p in pairs])
+    counts_b = grounded.count_matrix([p[1] for p in pairs])
+    draws = np.random.default_rng(seed).integers(0, len(pairs), size=(samples, len(pairs)))
+    whole_a, whole_b = grounded.ratios(counts_a.sum(0)), grounded.ratios(counts_b.sum(0))
+    drawn_a = grounded.ratios(np.stack([counts_a[d].sum(0) for d in draws]))
+    drawn_b = grounded.ratios(np.stack([counts_b[d].sum(0) for d in draws]))
+    for name in grounded.METRICS:
+        value_a, value_b = float(whole_a[name]), float(whole_b[name])
+        if np.isnan(value_a) or np.isnan(value_b):
+            continue  # nothing to count (no event second, no claim)
+        deltas = drawn_b[name] - drawn_a[name]
+        deltas = deltas[~np.isnan(deltas)]
+        low, high = (float(np.percentile(deltas, 2.5)), float(np.percentile(deltas, 97.5))) if len(deltas) \
+            else (np.nan, np.nan)
+        result["metrics"][name] = {"a": value_a, "b": value_b, "delta": value_b - value_a, "ci95": [low, high],
+                                   "verdict": verdict(low, high)}
+    return result
+
+
 def verdict(low: float, high: float) -> str:
     """From the 95% interval of B - A; a NaN interval (nothing to resample) is no evidence."""
     if low > 0:
@@ -115,11 +164,20 @@ def markdown(result: Dict) -> str:
     lines = [f"A = {result['a']}, B = {result['b']}; {result['windows']} paired windows, "
              f"{result['bootstrap_samples']} bootstrap samples (seed {result['seed']}); delta = B - A", "",
              "| metric | A | B | delta | 95% CI | verdict |", "|---|---|---|---|---|---|"]
-    for name, m in result["metrics"].items():
-        lines.append(f"| {name} | {_fmt(m['a'])} | {_fmt(m['b'])} | {_fmt(m['delta'], signed=True)} | "
-                     f"[{_fmt(m['ci95'][0], signed=True)}, {_fmt(m['ci95'][1], signed=True)}] | "
-                     f"{m['verdict']} |")
+    lines += _rows(result["metrics"])
+    if result.get("grounded"):
+        g = result["grounded"]
+        lines += ["", f"Grounded, against the scene's truth: {g['seconds']} paired seconds, {g['bootstrap_samples']} "
+                  f"bootstrap samples over seconds (seed {g['seed']}); delta = B - A", "",
+                  "| metric | A | B | delta | 95% CI | verdict |", "|---|---|---|---|---|---|"]
+        lines += _rows(g["metrics"])
     return "\n".join(lines) + "\n"
+
+
+def _rows(metrics: Dict) -> List[str]:
+    return [f"| {name} | {_fmt(m['a'])} | {_fmt(m['b'])} | {_fmt(m['delta'], signed=True)} | "
+            f"[{_fmt(m['ci95'][0], signed=True)}, {_fmt(m['ci95'][1], signed=True)}] | {m['verdict']} |"
+            for name, m in metrics.items()]
 
 
 def _fmt(value: Optional[float], signed: bool = False) -> str:

@@ -15,6 +15,14 @@ Which reference a run is scored against (`--reference`):
   synth-bag writes), `<bag_name>` being the run's bag without its .mcap/.db3/.bag suffix
   (`sources.bags.run_name`, which also names a fleet's run folders);
 - nothing: the reference synth-bag wrote beside the bag, `<bag path>.reference.jsonl`.
+
+The grounded score (`grounded.py`: does the run name the object that changed, and how) needs the
+scene's truth, `--truth`:
+- a file: the same for every run; a directory: `<bag_name>.truth.jsonl` in it;
+- nothing: the `<bag path>.truth.jsonl` synth-bag wrote beside the bag, else one beside the
+  reference files of a `--reference` directory; a run with neither has no grounded score.
+It goes into quality.json (`grounded`), grounded_seconds.jsonl (one line per scored second),
+the fleet's summary and the A/B comparison (paired bootstrap over seconds).
 """
 from __future__ import annotations
 
@@ -25,9 +33,9 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from ..sources.bags import REFERENCE_SIDECAR, REFERENCE_VTT_SIDECAR, run_name, sidecar
+from ..sources.bags import REFERENCE_SIDECAR, REFERENCE_VTT_SIDECAR, TRUTH_SIDECAR, run_name, sidecar
 from ..sources.timed_text import is_absolute, load_timed_text
-from . import compare, quality
+from . import compare, grounded, quality
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +106,34 @@ def reference_for_run(run_dir: Path, spec: Optional[str]) -> str:
     return str(beside)
 
 
+def truth_for_run(run_dir: Path, truth: Optional[str], reference: Optional[str] = None) -> Optional[Path]:
+    """The truth file of one run (see the module docstring), None when it has none; raises when
+    `--truth` names one that is not there."""
+    name = bag_name_of(run_dir)
+    if truth is not None:
+        path = Path(truth) / f"{name}{TRUTH_SIDECAR}" if Path(truth).is_dir() else Path(truth)
+        if not path.is_file():
+            raise FileNotFoundError(f"--truth {truth}: {path} does not exist; give the {TRUTH_SIDECAR} file that "
+                                    "svlm synth-bag wrote beside the bag, or a directory of <bag_name>"
+                                    f"{TRUTH_SIDECAR} files")
+        return path
+    bag = bag_path_of(run_dir)
+    candidates = [sidecar(bag, TRUTH_SIDECAR)] if bag is not None else []
+    if reference is not None and Path(reference).is_dir():
+        candidates.append(Path(reference) / f"{name}{TRUTH_SIDECAR}")
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _grounded_of(run_dir: Path, records: List[Dict], truth: Optional[str], reference: Optional[str],
+                 camera: Optional[str], bag: str):
+    """(truth file, overall, per camera, seconds) of one run, or None without a truth."""
+    path = truth_for_run(run_dir, truth, reference)
+    if path is None:
+        return None
+    overall, cameras, seconds = grounded.evaluate(records, grounded.load_truth(path), bag, camera)
+    return path, overall, cameras, seconds
+
+
 def _inputs_of(run_dir: Path, spec: Optional[str]):
     """(reference spec, its segments, the run's records) of one run."""
     reference = reference_for_run(run_dir, spec)
@@ -110,26 +146,40 @@ def _inputs_of(run_dir: Path, spec: Optional[str]):
 
 # ----- one run ---------------------------------------------------------------------------------
 def evaluate_run(run_dir: Path, reference_spec: Optional[str], window_s: float = 10.0,
-                 camera: Optional[str] = None, semantic: bool = True) -> Dict:
-    """Score one run; write quality.json and quality_windows.jsonl into it; return the overall."""
-    overall, _, _ = _evaluate_run(Path(run_dir), reference_spec, window_s, camera, semantic)
+                 camera: Optional[str] = None, semantic: bool = True, truth: Optional[str] = None) -> Dict:
+    """Score one run; write quality.json and quality_windows.jsonl (and, with a truth,
+    grounded_seconds.jsonl) into it; return the overall."""
+    overall, _, _, _ = _evaluate_run(Path(run_dir), reference_spec, window_s, camera, semantic, truth=truth)
     return overall
 
 
 def _evaluate_run(run_dir: Path, spec: Optional[str], window_s: float, camera: Optional[str],
-                  semantic: bool, bag: str = "") -> Tuple[Dict, Dict, List[quality.Window]]:
+                  semantic: bool, bag: str = "", truth: Optional[str] = None
+                  ) -> Tuple[Dict, Dict, List[quality.Window], Optional[Tuple]]:
+    """(overall, per camera, windows, grounded) of one run, its files written; grounded is
+    `_grounded_of`'s (None without a truth)."""
     reference, segments, records = _inputs_of(run_dir, spec)
-    overall, cameras, windows = quality.evaluate(records, segments, window_s, camera, semantic,
-                                                 bag or bag_name_of(run_dir))
+    bag = bag or bag_name_of(run_dir)
+    overall, cameras, windows = quality.evaluate(records, segments, window_s, camera, semantic, bag)
     document = {"reference": reference, "time_base": "absolute" if is_absolute(segments) else "stream",
                 "window_s": window_s, "semantic_model": quality.SEMANTIC_MODEL if semantic else None,
                 "definitions": "svlm_ros/replay/quality.py (module docstring)",
                 "overall": overall, "cameras": cameras}
+    scored = _grounded_of(run_dir, records, truth, spec, camera, bag)
+    if scored is not None:
+        path, grounded_overall, grounded_cameras, seconds = scored
+        document["grounded"] = {"truth": str(path), "definitions": "svlm_ros/replay/grounded.py (module docstring)",
+                                "overall": grounded_overall, "cameras": grounded_cameras}
+        with (run_dir / "grounded_seconds.jsonl").open("w") as handle:
+            for second in seconds:
+                handle.write(json.dumps(second.as_dict(), ensure_ascii=False) + "\n")
+    else:
+        (run_dir / "grounded_seconds.jsonl").unlink(missing_ok=True)  # a stale one would contradict quality.json
     (run_dir / "quality.json").write_text(json.dumps(document, indent=2))
     with (run_dir / "quality_windows.jsonl").open("w") as handle:
         for window in windows:
             handle.write(json.dumps(window.as_dict(), ensure_ascii=False) + "\n")
-    return overall, cameras, windows
+    return overall, cameras, windows, scored
 
 
 # ----- a fleet: shards merged, every bag scored -------------------------------------------------
@@ -163,7 +213,7 @@ def read_shards(directory: Path) -> Tuple[List[Dict], List[str]]:
 
 
 def evaluate_fleet(directory: Path, spec: Optional[str], window_s: float = 10.0, camera: Optional[str] = None,
-                   semantic: bool = True) -> Dict:
+                   semantic: bool = True, truth: Optional[str] = None) -> Dict:
     """Merge shard summaries and score every bag's run into DIR/summary.json and summary.md."""
     rows, merged_from = read_shards(directory)
     if not merged_from and (directory / "summary.json").exists():
@@ -176,26 +226,34 @@ def evaluate_fleet(directory: Path, spec: Optional[str], window_s: float = 10.0,
     runs = find_runs(directory)
     runs.pop("", None)
     pooled: List[quality.Window] = []
+    pooled_seconds: List[grounded.Second] = []
     for name, run_dir in runs.items():
         row = by_name.setdefault(name, {"bag": name})
         if not quality.read_descriptions(run_dir / "descriptions.jsonl"):
             log.warning("%s: no window described (interrupted before the first?); not scored", name)
             continue
         try:
-            overall, _, windows = _evaluate_run(run_dir, spec, window_s, camera, semantic, bag=name)
+            overall, _, windows, scored = _evaluate_run(run_dir, spec, window_s, camera, semantic, bag=name,
+                                                        truth=truth)
         except FileNotFoundError as error:
-            if spec is not None:
+            if spec is not None or truth is not None:
                 raise
             log.warning("%s: not scored (%s)", name, error)
             continue
         pooled += windows
         row.update({metric: overall[metric] for metric in SUMMARY_METRICS})
         row["reference_windows"] = overall["windows_with_reference"]
+        if scored is not None:
+            pooled_seconds += scored[3]
+            row["grounded"] = {metric: scored[1][metric] for metric in grounded.METRICS}
+            row["grounded"]["event_seconds"] = scored[1]["counts"]["event_seconds"]
     for name in by_name:
         if name not in runs:
             log.warning("bag %s is in the summaries but %s has no run directory for it", name, directory / name)
     summary = {"shard": None, "merged_from": merged_from, "reference": spec, "window_s": window_s,
                "bags": list(by_name.values()), "quality": quality.aggregate(pooled) if pooled else None}
+    if pooled_seconds:
+        summary["grounded"] = grounded.aggregate(pooled_seconds)
     (directory / "summary.json").write_text(json.dumps(summary, indent=2))
     (directory / "summary.md").write_text(_summary_markdown(summary))
     return summary
@@ -212,7 +270,21 @@ def _summary_markdown(summary: Dict) -> str:
         total.pop("windows", None)
         lines.append("| " + " | ".join(_fmt(total.get(c)) for c in columns) + " |")
     note = f"Merged from {', '.join(summary['merged_from'])}.\n\n" if summary["merged_from"] else ""
-    return note + "\n".join(lines) + "\n"
+    return note + "\n".join(lines) + "\n" + _grounded_summary_markdown(summary)
+
+
+def _grounded_summary_markdown(summary: Dict) -> str:
+    """The grounded figures of the bags that have a truth, and of all of them pooled."""
+    rows = [(row["bag"], row["grounded"]) for row in summary["bags"] if row.get("grounded")]
+    if not rows:
+        return ""
+    pooled = summary["grounded"]
+    rows.append(("all bags (pooled)", {**pooled, "event_seconds": pooled["counts"]["event_seconds"]}))
+    columns = ["event_seconds"] + list(grounded.METRICS)
+    lines = ["", "Grounded, against each bag's truth (svlm_ros/replay/grounded.py):", "",
+             "| bag | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    lines += [f"| {name} | " + " | ".join(_fmt(values.get(c)) for c in columns) + " |" for name, values in rows]
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(value) -> str:
@@ -241,6 +313,33 @@ def paired_windows(a: Path, b: Path, spec: Optional[str], window_s: float, camer
     return windows_a, windows_b
 
 
+def paired_seconds(a: Path, b: Path, truth: Optional[str], spec: Optional[str], camera: Optional[str]
+                   ) -> Tuple[List[grounded.Second], List[grounded.Second]]:
+    """Both runs' scored seconds against A's truth (the common bags that have one); ([], []) when none has."""
+    runs_a, runs_b = find_runs(a), find_runs(b)
+    seconds_a: List[grounded.Second] = []
+    seconds_b: List[grounded.Second] = []
+    for name in (n for n in runs_a if n in runs_b):
+        path = truth_for_run(runs_a[name], truth, spec)
+        if path is None:
+            continue
+        events = grounded.load_truth(path)
+        bag = name or bag_name_of(runs_a[name])
+        for run_dir, into in ((runs_a[name], seconds_a), (runs_b[name], seconds_b)):
+            into += grounded.score_run(quality.read_descriptions(run_dir / "descriptions.jsonl"), events, bag, camera)
+    return seconds_a, seconds_b
+
+
+def _print_grounded(overall: Dict, cameras: Dict) -> None:
+    rows = [("all cameras", overall)] + list(cameras.items()) if len(cameras) > 1 else [("overall", overall)]
+    columns = ["event_seconds"] + list(grounded.METRICS)
+    print("| grounded | " + " | ".join(columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    for name, values in rows:
+        cells = {**values, "event_seconds": values["counts"]["event_seconds"]}
+        print(f"| {name} | " + " | ".join(_fmt(cells.get(c)) for c in columns) + " |")
+
+
 def _print_quality(overall: Dict, cameras: Dict) -> None:
     rows = [("all cameras", overall)] + list(cameras.items()) if len(cameras) > 1 else [("overall", overall)]
     columns = ["windows_with_reference", "seconds"] + list(SUMMARY_METRICS)
@@ -260,6 +359,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, help="A B: bootstrap samples for the 95%% intervals")
     parser.add_argument("--seed", type=int, default=0, help="A B: bootstrap seed")
     parser.add_argument("--out", default=None, help="A B: also write comparison.json and comparison.md here")
+    parser.add_argument("--truth", default=None,
+                        help="the scene's truth for the grounded score: a .truth.jsonl file or a directory of "
+                             "<bag_name>.truth.jsonl files (default: the <bag>.truth.jsonl synth-bag wrote beside "
+                             "each replayed bag; none: no grounded score)")
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -281,6 +384,9 @@ def run_eval(args: argparse.Namespace) -> int:
         quality.score_windows(windows_b, semantic)
         result = compare.compare_windows(windows_a, windows_b, args.bootstrap, args.seed,
                                          (str(paths[0]), str(paths[1])))
+        seconds_a, seconds_b = paired_seconds(paths[0], paths[1], args.truth, args.reference, args.camera)
+        if seconds_a:
+            result["grounded"] = compare.compare_seconds(seconds_a, seconds_b, args.bootstrap, args.seed)
         text = compare.markdown(result)
         print(text, end="")
         if args.out:
@@ -292,9 +398,14 @@ def run_eval(args: argparse.Namespace) -> int:
     path = paths[0]
     runs = find_runs(path)
     if "" in runs:
-        overall, cameras, _ = _evaluate_run(path, args.reference, args.window, args.camera, semantic)
+        overall, cameras, _, scored = _evaluate_run(path, args.reference, args.window, args.camera, semantic,
+                                                    truth=args.truth)
         _print_quality(overall, cameras)
         written = f"{path / 'quality.json'} and {path / 'quality_windows.jsonl'}"
+        if scored is not None:
+            print(f"\nagainst the truth {scored[0]}:")
+            _print_grounded(scored[1], scored[2])
+            written = f"{path / 'quality.json'}, {path / 'quality_windows.jsonl'} and {path / 'grounded_seconds.jsonl'}"
         if (path / "metrics.json").exists():  # the run's report gains its quality table and captions
             from . import report
 
@@ -302,7 +413,7 @@ def run_eval(args: argparse.Namespace) -> int:
             written += f", and updated {path / 'report.html'}"
         print(f"wrote {written}")
         return 0
-    summary = evaluate_fleet(path, args.reference, args.window, args.camera, semantic)
+    summary = evaluate_fleet(path, args.reference, args.window, args.camera, semantic, truth=args.truth)
     print((path / "summary.md").read_text(), end="")
     scored = sum(1 for row in summary["bags"] if row.get("silence_agreement") is not None)
     print(f"wrote {path / 'summary.json'} and {path / 'summary.md'} ({len(summary['bags'])} bags, {scored} scored)")

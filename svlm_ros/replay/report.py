@@ -3,6 +3,8 @@
 Everything is computed from the files the replay wrote (descriptions.jsonl, samples.jsonl,
 thumbnails/), so a report can be rebuilt for an interrupted run, and memory does not grow with
 the bag. report.html is one file with every picture inline: it opens offline in any browser.
+After `svlm eval`, the report shows quality.json's figures: those against the reference text
+and, for a bag with a truth (synth-bag's), the grounded ones (`grounded.py`).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..sources.timed_text import EPS, is_absolute, second_of, words_in_time_order  # noqa: E402
+from .grounded import METRICS as GROUNDED_METRICS  # noqa: E402
 from .outputs import read_jsonl  # noqa: E402
 
 THUMB_WIDTH = 240
@@ -287,6 +290,23 @@ def _quality_rows(quality: Optional[Dict]) -> List[List[str]]:
                                     for k, v in overall.items() if not isinstance(v, (dict, list))]
 
 
+def _grounded_rows(quality: Optional[Dict]) -> List[List[str]]:
+    """The grounded figures per camera (and overall when there are several), from quality.json."""
+    scored = (quality or {}).get("grounded")
+    if not scored:
+        return []
+    cameras = scored.get("cameras", {})
+    rows = [("all cameras", scored["overall"])] + list(cameras.items()) if len(cameras) > 1 \
+        else [("overall", scored["overall"])]
+    metrics = list(GROUNDED_METRICS)
+    table = [["grounded", "seconds", "event seconds"] + metrics]
+    for name, values in rows:
+        counts = values.get("counts", {})
+        table.append([name, str(counts.get("seconds", "-")), str(counts.get("event_seconds", "-"))]
+                     + [_fmt(values.get(m)) for m in metrics])
+    return table
+
+
 def _markdown(run: Dict, metrics: Dict, quality: Optional[Dict], pictures: List[str]) -> str:
     lines = [f"# Replay of {run.get('bag', '?')}", ""]
     if run.get("random_weights"):
@@ -299,7 +319,11 @@ def _markdown(run: Dict, metrics: Dict, quality: Optional[Dict], pictures: List[
               f"(replay speed {_fmt(metrics['replay_speed'], 2)}x); peak RSS "
               f"{metrics['peak_rss_bytes'] / 2**20:.0f} MiB, accelerator "
               f"{metrics['peak_accelerator_bytes'] / 2**20:.0f} MiB.", ""]
-    for table in (_camera_table(metrics), _quality_rows(quality)):
+    for table in (_camera_table(metrics), _quality_rows(quality), _grounded_rows(quality)):
+        if table and table[0][0] == "grounded":
+            lines += [f"Grounded score against the scene's truth `{quality['grounded'].get('truth', '?')}`: does "
+                      "the description name the object that changed (colour, shape) and how (action, side), in "
+                      "its second (svlm_ros/replay/grounded.py).", ""]
         if table:
             lines += ["| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
             lines += ["| " + " | ".join(row) + " |" for row in table[1:]] + [""]
@@ -344,6 +368,10 @@ def _html(out: Path, run: Dict, metrics: Dict, quality: Optional[Dict], pictures
             f"<h2>Timeline</h2><div class='sheet'>{''.join(cards)}</div>"
             f"<h2>Latency, cache and memory</h2>{plots}<h2>Per camera</h2>{table(_camera_table(metrics))}"
             + (f"<h2>Quality against the reference</h2>{table(_quality_rows(quality))}" if quality else "")
+            + (f"<h2>Grounded score against the scene's truth</h2>"
+               f"<p>{html.escape(quality['grounded'].get('truth', ''))}: colour, shape, action and side of the "
+               f"object that changed, per second (svlm_ros/replay/grounded.py)</p>{table(_grounded_rows(quality))}"
+               if quality and quality.get("grounded") else "")
             + "</body></html>")
 
 

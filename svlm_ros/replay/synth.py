@@ -5,7 +5,13 @@ each second says what changed in it ("A red circle appears."), as a narrator wou
 which nothing changes has no text (the model should answer its silence marker). The script is
 drawn from a seed, so a bag and its reference are reproducible. Beside the bag go the reference
 as JSONL (segments with start, end, text and camera, in seconds since the bag's first frame) and
-as WebVTT, one file per camera. The tests and the training pipeline use these bags as real data.
+as WebVTT, one file per camera, and the truth (`BAG.truth.jsonl`: every camera-second's event
+as action, colour, shape and side, or null; its format and the grounded score that reads it are
+`grounded.py`'s). The tests and the training pipeline use these bags as real data.
+
+Held-out scenes: `--only-pairs red:circle,...` draws every object from those colour-shape pairs,
+`--exclude-pairs ...` from all the others, so a held-out bag can show objects no training bag
+contains. Without either the script is the one the seed has always drawn (same bag, same text).
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -23,16 +29,21 @@ from rosbags.rosbag1 import Writer as Ros1Writer
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from ..progress import progress
-from ..sources.bags import REFERENCE_SIDECAR, REFERENCE_VTT_SIDECAR, sidecar
+from ..sources.bags import REFERENCE_SIDECAR, REFERENCE_VTT_SIDECAR, TRUTH_SIDECAR, sidecar
 from ..sources.messages import typestore
 from ..sources.timed_text import vtt_time
+from . import grounded
+from .grounded import Event, narrate
 
 log = logging.getLogger(__name__)
 
 START_NS = 1_763_740_800 * 1_000_000_000  # 2025-11-21 16:00 UTC: sensor stamps look like a robot's
-COLORS = {"red": (220, 40, 40), "green": (40, 190, 70), "blue": (50, 90, 230), "yellow": (235, 210, 40)}
-SHAPES = ("circle", "square", "triangle")
+# The names are the narrator's (grounded.py); their order is the script's draw order.
+COLORS = dict(zip(grounded.COLORS, ((220, 40, 40), (40, 190, 70), (50, 90, 230), (235, 210, 40))))
+SHAPES = grounded.SHAPES
 MAX_OBJECTS = 3
+Pair = Tuple[str, str]  # (colour, shape)
+ALL_PAIRS: Tuple[Pair, ...] = tuple((c, k) for c in COLORS for k in SHAPES)
 
 
 @dataclass
@@ -51,15 +62,20 @@ class Shape:
 class Scene:
     """One camera's scripted scene: the shapes at any time, and what changed in each second."""
 
-    def __init__(self, seconds: int, seed: int):
+    def __init__(self, seconds: int, seed: int, pairs: Optional[Iterable[Pair]] = None):
+        """`pairs`: the colour-shape pairs objects are drawn from (None: all of them)."""
         rng = np.random.default_rng(seed)
+        allowed = frozenset(ALL_PAIRS if pairs is None else (tuple(p) for p in pairs))
         # A change is visible in the second whose text names it: a shape that appears is there
         # for the whole second, one that leaves is gone, one that stops stands still.
         self.keyframes: List[List[Shape]] = []  # the shapes of each second, at its start
-        self.texts: List[str] = []  # what changed in each second ("" for nothing)
+        self.events: List[Optional[Event]] = []  # what changed in each second (None for nothing)
+        self.texts: List[str] = []  # its sentence ("" for nothing)
         shapes: List[Shape] = []
         for _ in range(seconds):
-            self.texts.append(self._event(rng, shapes))
+            event = self._event(rng, shapes, allowed)
+            self.events.append(event)
+            self.texts.append(narrate(event) if event else "")
             self.keyframes.append([Shape(**vars(s)) for s in shapes])
             for shape in shapes:  # motion over the second, bouncing off the edges
                 shape.x += shape.speed
@@ -68,33 +84,35 @@ class Scene:
                     shape.x = min(max(shape.x, 0.1), 0.9)
 
     @staticmethod
-    def _event(rng, shapes: List[Shape]) -> str:
+    def _event(rng, shapes: List[Shape], allowed: frozenset = frozenset(ALL_PAIRS)) -> Optional[Event]:
+        # The draws (their number and order) are those of every bag written so far: with all
+        # pairs allowed `free` is never empty, so a seed's bag and text do not change.
         if rng.random() < 0.45:
-            return ""  # a quiet second
+            return None  # a quiet second
         names = {s.name for s in shapes}
-        free = [(c, k) for c in COLORS for k in SHAPES if f"{c} {k}" not in names]
+        free = [(c, k) for c in COLORS for k in SHAPES if (c, k) in allowed and f"{c} {k}" not in names]
         choice = rng.random()
-        if (not shapes or choice < 0.35) and len(shapes) < MAX_OBJECTS:
+        if (not shapes or choice < 0.35) and len(shapes) < MAX_OBJECTS and free:
             color, kind = free[rng.integers(len(free))]
             side = rng.integers(2)
             shape = Shape(color, kind, 0.15 if side == 0 else 0.85, rng.uniform(0.25, 0.75),
                           (1 if side == 0 else -1) * rng.uniform(0.04, 0.09))
             shapes.append(shape)
-            return f"A {shape.name} appears on the {'left' if side == 0 else 'right'}."
+            return Event("appears", color, kind, "left" if side == 0 else "right")
         if not shapes:
-            return ""
+            return None
         shape = shapes[rng.integers(len(shapes))]
         if choice < 0.55:
             shapes.remove(shape)
-            return f"The {shape.name} leaves."
+            return Event("leaves", shape.color, shape.kind)
         if shape.speed == 0:
             shape.speed = rng.choice([-1, 1]) * rng.uniform(0.04, 0.09)
-            return f"The {shape.name} starts moving {'right' if shape.speed > 0 else 'left'}."
+            return Event("starts_moving", shape.color, shape.kind, "right" if shape.speed > 0 else "left")
         if choice < 0.8:
             shape.speed = 0.0
-            return f"The {shape.name} stops."
+            return Event("stops", shape.color, shape.kind)
         shape.speed = -shape.speed
-        return f"The {shape.name} turns {'right' if shape.speed > 0 else 'left'}."
+        return Event("turns", shape.color, shape.kind, "right" if shape.speed > 0 else "left")
 
     def frame(self, t: float, height: int, width: int) -> np.ndarray:
         """The RGB frame at t seconds: each second's shapes, moved by their speed within it."""
@@ -129,10 +147,51 @@ def reference_paths(bag: Path) -> Tuple[Path, Path]:
     return sidecar(bag, REFERENCE_SIDECAR), sidecar(bag, REFERENCE_VTT_SIDECAR)
 
 
+def truth_path(bag: Path) -> Path:
+    """Where the truth of a synthetic bag goes: `BAG.truth.jsonl` beside it."""
+    return sidecar(bag, TRUTH_SIDECAR)
+
+
+def parse_pairs(spec: str, option: str = "--only-pairs") -> Tuple[Pair, ...]:
+    """`red:circle,blue:square` -> (("red", "circle"), ("blue", "square")); ValueError naming the bad one."""
+    pairs = []
+    for item in (part.strip() for part in spec.split(",")):
+        color, sep, kind = (word.strip().lower() for word in item.partition(":"))
+        if not sep or color not in COLORS or kind not in SHAPES:
+            raise ValueError(f"{option}: {item!r} is not COLOUR:SHAPE (colours: {', '.join(COLORS)}; shapes: "
+                             f"{', '.join(SHAPES)}); e.g. {option} red:circle,blue:square")
+        pairs.append((color, kind))
+    return tuple(dict.fromkeys(pairs))
+
+
+def allowed_pairs(only: Optional[Iterable[Pair]] = None,
+                  exclude: Optional[Iterable[Pair]] = None) -> Optional[Tuple[Pair, ...]]:
+    """The pairs a scene draws from (None: all, the script of every seed so far)."""
+    if only is not None and exclude is not None:
+        raise ValueError("give --only-pairs or --exclude-pairs, not both (a held-out bag takes --only-pairs with "
+                         "the pairs its training bags were written with --exclude-pairs)")
+    if only is None and exclude is None:
+        return None
+    named = set(only if only is not None else exclude)
+    unknown = sorted(named - set(ALL_PAIRS))
+    if unknown:
+        raise ValueError(f"unknown colour-shape pairs {unknown}; the colours are {', '.join(COLORS)}, "
+                         f"the shapes {', '.join(SHAPES)}")
+    pairs = tuple(p for p in ALL_PAIRS if (p in named) == (only is not None))
+    if not pairs:
+        raise ValueError("--exclude-pairs leaves no colour-shape pair to draw objects from; exclude fewer"
+                         if exclude is not None else "--only-pairs names no pair; name at least one")
+    return pairs
+
+
 def write_synthetic_bag(out: Path, seconds: int, storage: str = "mcap", compressed: bool = False,
                         cameras: int = 1, fps: float = 10.0, height: int = 240, width: int = 320,
-                        seed: int = 0, encoding: str = "rgb8") -> Dict[str, Scene]:
-    """Write the bag and its reference; returns each camera topic's scene."""
+                        seed: int = 0, encoding: str = "rgb8", only_pairs: Optional[Iterable[Pair]] = None,
+                        exclude_pairs: Optional[Iterable[Pair]] = None) -> Dict[str, Scene]:
+    """Write the bag, its reference and its truth; returns each camera topic's scene.
+
+    `only_pairs` / `exclude_pairs`: draw objects only from / from all but these colour-shape pairs."""
+    pairs = allowed_pairs(only_pairs, exclude_pairs)
     if seconds < 1 or cameras < 1 or fps <= 0:
         raise ValueError(f"need --seconds >= 1, --cameras >= 1 and --fps > 0 (got {seconds}, {cameras}, {fps})")
     if storage not in ("mcap", "sqlite3", "ros1"):
@@ -143,7 +202,7 @@ def write_synthetic_bag(out: Path, seconds: int, storage: str = "mcap", compress
         raise FileExistsError(f"{out} already exists; remove it or choose another path")
     store = typestore()
     topics = camera_topics(cameras, compressed)
-    scenes = {topic: Scene(seconds, seed * 1000 + k) for k, topic in enumerate(topics)}
+    scenes = {topic: Scene(seconds, seed * 1000 + k, pairs) for k, topic in enumerate(topics)}
     msgtype = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
     if storage == "ros1":
         writer = Ros1Writer(out)
@@ -166,6 +225,7 @@ def write_synthetic_bag(out: Path, seconds: int, storage: str = "mcap", compress
         shutil.rmtree(out, ignore_errors=True) if out.is_dir() else out.unlink(missing_ok=True)
         raise
     write_reference(out, scenes)
+    grounded.write_truth(truth_path(out), {topic: scene.events for topic, scene in scenes.items()})
     return scenes
 
 
@@ -214,14 +274,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--encoding", default="rgb8", choices=["rgb8", "bgr8"], help="raw image encoding")
     parser.add_argument("--seed", type=int, default=0)
+    pairs = parser.add_mutually_exclusive_group()
+    pairs.add_argument("--only-pairs", default=None, metavar="COLOUR:SHAPE,...",
+                       help="draw every object from these colour-shape pairs (a held-out bag), "
+                            "e.g. red:circle,blue:square")
+    pairs.add_argument("--exclude-pairs", default=None, metavar="COLOUR:SHAPE,...",
+                       help="never draw these colour-shape pairs (training bags that a held-out bag's pairs "
+                            "are kept out of)")
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    only = parse_pairs(args.only_pairs, "--only-pairs") if args.only_pairs is not None else None
+    exclude = parse_pairs(args.exclude_pairs, "--exclude-pairs") if args.exclude_pairs is not None else None
     write_synthetic_bag(out, args.seconds, args.storage, args.compressed, args.cameras, args.fps,
-                        args.height, args.width, args.seed, args.encoding)
+                        args.height, args.width, args.seed, args.encoding, only, exclude)
     jsonl, vtt = reference_paths(out)
-    print(f"wrote {out} ({args.storage}, {args.cameras} camera(s), {args.seconds} s at {args.fps:g} fps) "
-          f"and its reference {jsonl}, {vtt.parent / (vtt.stem.split('.reference')[0] + '.reference*.vtt')}")
+    print(f"wrote {out} ({args.storage}, {args.cameras} camera(s), {args.seconds} s at {args.fps:g} fps), "
+          f"its reference {jsonl}, {vtt.parent / (vtt.stem.split('.reference')[0] + '.reference*.vtt')} "
+          f"and its truth {truth_path(out)}")
     return 0
 

@@ -40,6 +40,9 @@ MCAP_MAGIC = b"\x89MCAP0\r\n"  # at both ends of a complete MCAP file
 REFERENCE_SIDECAR = ".reference.jsonl"  # what `svlm synth-bag` writes, and `svlm eval` reads by default
 REFERENCE_VTT_SIDECAR = ".reference.vtt"
 LABELS_SIDECAR = ".labels.jsonl"  # what `svlm label` writes
+# synth-bag's per-second truth (replay/grounded.py), read by `svlm eval`: not text, so not in
+# SIDECARS; its name ends in .jsonl, so is_sidecar() still tells it from a bag
+TRUTH_SIDECAR = ".truth.jsonl"
 SIDECARS = (REFERENCE_SIDECAR, LABELS_SIDECAR, ".jsonl", REFERENCE_VTT_SIDECAR, ".vtt", ".srt")
 
 
