@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from svlm_ros.config import MemoryConfig  # noqa: E402
 from svlm_ros.memory import ranking  # noqa: E402
-from svlm_ros.memory import store as store_module  # noqa: E402
-from svlm_ros.memory.store import Embedder, Entry, MemoryStore, Pose, quantize  # noqa: E402
+from svlm_ros.memory.records import Entry, Pose  # noqa: E402
+from svlm_ros.memory.store import MemoryStore  # noqa: E402
+from svlm_ros.memory.vectors import Embedder, kmeans, nearest_cells, quantize  # noqa: E402
 
 DAY0 = 1_763_683_200.0  # 2025-11-21 00:00 UTC
 START_OF_DAY = 6 * 3600  # the first window is at 06:00, when the robot leaves its charger
@@ -555,9 +556,9 @@ def scale_vectors(real_vectors: np.ndarray, total: int, queries: List[str], real
     cells_n = int(min(4096, max(16, round(math.sqrt(total)))))
     t0 = time.perf_counter()
     sample = synthetic[rng.choice(total, size=min(total, 64 * cells_n), replace=False)]
-    centroids = store_module.kmeans(sample, cells_n)
+    centroids = kmeans(sample, cells_n)
     q8 = quantize(synthetic)
-    cells = store_module.nearest_cells(q8, centroids)
+    cells = nearest_cells(q8, centroids)
     train_s = time.perf_counter() - t0
     index.append(np.arange(total, dtype=np.int64), q8, cells, [""] * total)
     query_vectors = quantize(real(queries)).astype(np.float32)

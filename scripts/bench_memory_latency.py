@@ -28,7 +28,9 @@ from svlm_ros.config import EngineConfig, GenerationConfig, MemoryConfig, ModelC
 from svlm_ros.engine.models import load_model
 from svlm_ros.engine.session import StreamSession
 from svlm_ros.memory.embedding_process import ProcessEmbedder
-from svlm_ros.memory.store import Embedder, Entry, MemoryStore
+from svlm_ros.memory.records import Entry
+from svlm_ros.memory.store import MemoryStore
+from svlm_ros.memory.vectors import Embedder
 from svlm_ros.memory.summaries import SummaryPlanner
 from svlm_ros.memory.writer import MemoryWriter
 from svlm_ros.synthetic import moving_shapes

@@ -38,7 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_memory import CAMERAS, T0, CachedEmbedder, embed_texts, make_windows  # noqa: E402
 from svlm_ros.config import MemoryConfig  # noqa: E402
 from svlm_ros.memory.ranking import tokens
-from svlm_ros.memory.store import Embedder, Entry, MemoryStore, quantize  # noqa: E402
+from svlm_ros.memory.records import Entry  # noqa: E402
+from svlm_ros.memory.store import MemoryStore  # noqa: E402
+from svlm_ros.memory.vectors import Embedder, quantize  # noqa: E402
 
 RANK_CAP = 5  # MRR@5: a rank past this counts as a miss (what a caller asking for 5 entries sees)
 RRF_K = 60  # the fusion the store used before issue 12, for the "rrf" column

@@ -19,6 +19,7 @@ from sensor_msgs.msg import Image
 
 from svlm_ros.msg import Description
 
+from .sources.stamps import to_seconds
 from .synthetic import moving_shapes
 
 DEMO_SECONDS = float(os.environ.get("DEMO_SECONDS", "20"))
@@ -47,8 +48,7 @@ class DemoCamera(Node):
 
     def on_description(self, msg: Description):
         self.received += 1
-        start = msg.window_start.sec + msg.window_start.nanosec * 1e-9
-        end = msg.window_end.sec + msg.window_end.nanosec * 1e-9
+        start, end = to_seconds(msg.window_start), to_seconds(msg.window_end)
         text = "(silent)" if msg.silent else msg.text
         print(f"#{msg.index:<3} [{start % 1000:8.2f}-{end % 1000:8.2f}s] latency {msg.latency:5.2f}s "
               f"cache {msg.cache_tokens:5d} | {text}", flush=True)

@@ -20,9 +20,9 @@ import pytest
 from svlm_ros import chat, cli
 from svlm_ros.replay import judge as judge_module
 from svlm_ros.replay.judge import JudgeConfig, parse_vote
+from svlm_ros.sources.timed_text import RefSegment
 
 from test_quality import record, write_reference, write_run  # noqa: E402  (shared fixtures)
-from svlm_ros.replay.reference import RefSegment
 
 PROMPT = re.compile(r"Reference transcript:\n(.*)\n\nCandidate A:\n(.*)\n\nCandidate B:\n(.*)\n\nWhich", re.S)
 # window -> (reference text, which run says it; the other says "nothing here at all")

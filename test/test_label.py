@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:  # training/ is a top-level folder beside svlm_ros
     sys.path.insert(0, str(ROOT))
 
 from svlm_ros import chat, cli  # noqa: E402
-from svlm_ros.replay.reference import load_reference  # noqa: E402
+from svlm_ros.sources.timed_text import load_timed_text  # noqa: E402
 from svlm_ros.replay.synth import write_synthetic_bag  # noqa: E402
 from training import label as label_module  # noqa: E402
 from training.config import LabelConfig  # noqa: E402
@@ -235,7 +235,8 @@ def engine_windows(bag):
     from svlm_ros.config import FrameConfig
     from svlm_ros.engine.windows import WindowAssembler
     from svlm_ros.sources.images import to_rgb
-    from svlm_ros.replay import bags as bag_io
+    from svlm_ros.sources import bags as bag_io
+    from svlm_ros.sources.stamps import to_seconds
 
     reader = bag_io.open_bag(bag)
     frames = FrameConfig()
@@ -244,7 +245,7 @@ def engine_windows(bag):
     for connection, _, raw in bag_io.messages(reader, bag_io.image_topics(reader, []), reader.start_time,
                                               reader.end_time):
         msg = reader.deserialize(raw, connection.msgtype)
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        stamp = to_seconds(msg.header.stamp)
         windows += assembler.add(stamp, to_rgb(msg) if assembler.wants(stamp) else None).windows
     windows.append(assembler.flush())
     reader.close()
@@ -276,7 +277,7 @@ def test_every_second_is_labelled_from_the_engine_frames_and_build_dataset_reads
         if k:
             assert close_to(server.context[k][0], windows[k - 1][-1]), k
     # Readable as a reference, and as the bag's text by build-dataset.
-    segments = load_reference(str(out))
+    segments = load_timed_text(str(out))
     assert [(s.start, s.end, s.text, s.camera) for s in segments] == [
         (line["start"], line["end"], line["text"], line["camera"]) for line in clean_lines()]
     data_dir = tmp_path / "dataset"

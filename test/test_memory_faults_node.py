@@ -8,7 +8,8 @@ import sys
 from diagnostic_msgs.msg import DiagnosticStatus
 
 from svlm_ros.config import MemoryConfig
-from svlm_ros.memory.store import Entry, MemoryStore, Pose
+from svlm_ros.memory.records import Entry, Pose
+from svlm_ros.memory.store import MemoryStore
 from svlm_ros.srv import Ask
 
 from test_memory_faults import HOLDER, overwrite_pages

