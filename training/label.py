@@ -370,7 +370,8 @@ class ErrorFile:
 
 # ----- the run ---------------------------------------------------------------------------------------------
 @dataclass
-class Summary:
+class LabelTally:
+    """What a labelling run did, second by second (printed at the end, returned by label_video)."""
     seconds: int = 0  # read from the video
     skipped: int = 0  # of those, already in the output: not asked again
     asked: int = 0  # answered by the server now
@@ -384,7 +385,7 @@ class Summary:
 
 def label_video(video: Path, out: Path, config: LabelConfig, engine, node, endpoint: str, model: str,
                 api_key: str = "", camera: Optional[str] = None, cache_path: Optional[Path] = None,
-                errors_path: Optional[Path] = None) -> Summary:
+                errors_path: Optional[Path] = None) -> LabelTally:
     """Label every second of `video` (see the module docstring); raises EndpointError when the
     endpoint cannot serve any second, after writing what was answered."""
     config.validate()
@@ -398,7 +399,7 @@ def label_video(video: Path, out: Path, config: LabelConfig, engine, node, endpo
     client = ChatClient(endpoint, api_key, timeout_s=config.timeout_s, retries=config.retries,
                         backoff_s=config.backoff_s, max_backoff_s=config.max_backoff_s, stop=stop,
                         key_hint="--api-key (or OPENAI_API_KEY)")
-    summary = Summary(cameras=cameras)
+    summary = LabelTally(cameras=cameras)
     if output.existing:
         log.info("%s already has %d seconds; they are kept and not asked again (delete it to start over)",
                  out, output.existing)

@@ -82,7 +82,7 @@ class StageTimer:
 
 
 @dataclass
-class _Window:
+class _CheckedWindow:
     """A checked and preprocessed window, not yet part of the stream."""
     vision_input: VisionInput
     start_s: float
@@ -196,7 +196,7 @@ class StreamSession:
         return self._finish_window(window, words, generated, truncated, timer.seconds)
 
     def _check_window(self, frames: Sequence[np.ndarray], start_s: float, end_s: float,
-                      user_text: Optional[str]) -> _Window:
+                      user_text: Optional[str]) -> _CheckedWindow:
         """Everything about a window that can be refused, before the stream changes."""
         if not end_s >= start_s:
             raise ValueError(f"window end {end_s} is before its start {start_s}")
@@ -206,9 +206,9 @@ class StreamSession:
         frames_config = self.config.frames
         vision_input = preprocess_frames(frames, frames_config.min_pixels, frames_config.max_pixels,
                                          self.loaded.normalization)
-        return _Window(vision_input, start_s, end_s, user_text)
+        return _CheckedWindow(vision_input, start_s, end_s, user_text)
 
-    def _prefill_window(self, window: _Window, features: torch.Tensor) -> torch.Tensor:
+    def _prefill_window(self, window: _CheckedWindow, features: torch.Tensor) -> torch.Tensor:
         """Evict by age, append the window's turn and forward it; returns the last token's logits."""
         if self._origin_s is None:
             self._origin_s = window.start_s
@@ -216,7 +216,7 @@ class StreamSession:
         self._append_turn(window.vision_input, window.start_s, window.end_s, window.user_text)
         return self._forward_new(features)
 
-    def _finish_window(self, window: _Window, words: List[int], generated: int, truncated: bool,
+    def _finish_window(self, window: _CheckedWindow, words: List[int], generated: int, truncated: bool,
                        seconds: Sequence[float]) -> WindowResult:
         index = self.window_count
         self.window_count += 1

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Source:
+class Recalled:
+    """One remembered stretch a question's answer draws on (an entry or a summary), as ~/ask lists it."""
     kind: str  # "entry" or "summary"
     camera: str
     start: float
@@ -45,7 +46,7 @@ class Source:
 @dataclass
 class Recollection:
     lines: List[str]
-    sources: List[Source]
+    sources: List[Recalled]
     time_range: Optional[TimeRange]
     query: str
 
@@ -56,7 +57,7 @@ def recollect(question: str, now_s: float, store: MemoryStore, summaries: Option
     time_range, query = parse(question, now_s)
     since = time_range.since if time_range else None
     until = time_range.until if time_range else None
-    candidates: List[Source] = []
+    candidates: List[Recalled] = []
     if config.ask_entries > 0:
         if query.strip() or time_range is not None:
             hits = store.recall(query=query, since=since, until=until, limit=config.ask_entries)
@@ -64,12 +65,12 @@ def recollect(question: str, now_s: float, store: MemoryStore, summaries: Option
                 # No entry matches the words ("was there a giraffe an hour ago?"): what was seen
                 # in the range, newest first, is still what the answer needs.
                 hits = store.recall(since=since, until=until, limit=config.ask_entries)
-            candidates += [Source("entry", h.camera, h.start, h.end, h.text, h.pose, h.score) for h in hits]
+            candidates += [Recalled("entry", h.camera, h.start, h.end, h.text, h.pose, h.score) for h in hits]
         if summaries is not None and time_range is not None:
             tier = "hour" if since is None or until is None or until - since >= 3 * 3600 else "minutes"
             for summary in summaries.between(tier, since, until, limit=3):
-                candidates.append(Source("summary", summary.camera, summary.start, summary.end, summary.text))
-    chosen: List[Source] = []
+                candidates.append(Recalled("summary", summary.camera, summary.start, summary.end, summary.text))
+    chosen: List[Recalled] = []
     used = 0
     # Summaries first (a few cover a long range), then entries by rank, while the budget lasts.
     for source in sorted(candidates, key=lambda s: s.kind != "summary"):

@@ -30,7 +30,7 @@ from ..config import EngineConfig, MemoryConfig
 from ..memory.embedding_process import ProcessEmbedder
 from ..memory.errors import StoreError
 from ..memory.pose import PoseHistory
-from ..memory.questions import Recollection, Source, recollect
+from ..memory.questions import Recalled, Recollection, recollect
 from ..memory.recorder import MemoryRecorder
 from ..memory.records import Entry, Pose
 from ..memory.store import MemoryStore, default_path
@@ -217,7 +217,7 @@ class NodeMemory:
         except (StoreError, sqlite3.Error, OSError) as error:
             return False, str(self.recorder.read_failed(error, generation, "searching")), []
         self.recorder.read_error = None
-        entries = [to_entry_msg(Source("entry", h.camera, h.start, h.end, h.text, h.pose, h.score), h.silent)
+        entries = [to_entry_msg(Recalled("entry", h.camera, h.start, h.end, h.text, h.pose, h.score), h.silent)
                    for h in hits]
         return True, (f"{len(entries)} entries" if entries else "no entry matches the query and filters"), entries
 
@@ -294,7 +294,7 @@ def _seconds(stamp) -> Optional[float]:
     return value if value > 0 else None
 
 
-def to_entry_msg(source: Source, silent: bool = False) -> MemoryEntry:
+def to_entry_msg(source: Recalled, silent: bool = False) -> MemoryEntry:
     msg = MemoryEntry(camera=source.camera, text=source.text, silent=silent, kind=source.kind,
                       score=float(source.score))
     msg.start = to_time_msg(source.start)

@@ -5,6 +5,7 @@ which part of them (`bags.py`; opening and reading them is svlm_ros/sources, sha
 training), synthetic bags with known text (`synth.py`), the replay itself (`run.py`, which
 drives the node's ROS-free scheduler and the engine, never a copy of them), what a replay
 writes (`outputs.py`: descriptions.jsonl, WebVTT, an output bag; `report.py`: metrics, plots,
-the HTML report), and quality against a reference (`reference.py`, `quality.py`, `compare.py`,
-`judge.py`, `evaluate.py`).
+the HTML report), and quality against a reference (`quality.py`, `compare.py`, `judge.py`,
+`evaluate.py`; the timed text itself is svlm_ros/sources/timed_text.py) and against a synthetic
+scene's truth (`grounded.py`).
 """

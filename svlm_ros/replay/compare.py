@@ -25,14 +25,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import grounded
-from .quality import Window
+from .quality import EvalWindow
 
 log = logging.getLogger(__name__)
 
 METRICS = ("bleu", "chrf", "rouge_l", "semantic_similarity", "silence_agreement")
 
 
-def pair_windows(a: Sequence[Window], b: Sequence[Window]) -> List[Tuple[Window, Window]]:
+def pair_windows(a: Sequence[EvalWindow], b: Sequence[EvalWindow]) -> List[Tuple[EvalWindow, EvalWindow]]:
     """Windows of A and B covering the same video, in A's order."""
     key = lambda w: (w.bag, w.camera, w.index)  # noqa: E731
     by_key = {key(w): w for w in b}
@@ -53,7 +53,7 @@ def pair_windows(a: Sequence[Window], b: Sequence[Window]) -> List[Tuple[Window,
 class _Scorer:
     """One run's per-window material, scored on any multiset of window indices."""
 
-    def __init__(self, windows: Sequence[Window]):
+    def __init__(self, windows: Sequence[EvalWindow]):
         from sacrebleu.metrics import BLEU, CHRF
 
         self.bleu, self.chrf = BLEU(), CHRF()
@@ -84,7 +84,7 @@ class _Scorer:
         return float(values.mean()) if len(values) else np.nan
 
 
-def compare_windows(a: Sequence[Window], b: Sequence[Window], samples: int = 1000, seed: int = 0,
+def compare_windows(a: Sequence[EvalWindow], b: Sequence[EvalWindow], samples: int = 1000, seed: int = 0,
                     names: Tuple[str, str] = ("A", "B")) -> Dict:
     """Deltas B - A with paired bootstrap 95% intervals and a verdict per metric."""
     if samples < 1:

@@ -155,7 +155,7 @@ def evaluate_run(run_dir: Path, reference_spec: Optional[str], window_s: float =
 
 def _evaluate_run(run_dir: Path, spec: Optional[str], window_s: float, camera: Optional[str],
                   semantic: bool, bag: str = "", truth: Optional[str] = None
-                  ) -> Tuple[Dict, Dict, List[quality.Window], Optional[Tuple]]:
+                  ) -> Tuple[Dict, Dict, List[quality.EvalWindow], Optional[Tuple]]:
     """(overall, per camera, windows, grounded) of one run, its files written; grounded is
     `_grounded_of`'s (None without a truth)."""
     reference, segments, records = _inputs_of(run_dir, spec)
@@ -225,7 +225,7 @@ def evaluate_fleet(directory: Path, spec: Optional[str], window_s: float = 10.0,
         by_name[row["bag"]] = row
     runs = find_runs(directory)
     runs.pop("", None)
-    pooled: List[quality.Window] = []
+    pooled: List[quality.EvalWindow] = []
     pooled_seconds: List[grounded.Second] = []
     for name, run_dir in runs.items():
         row = by_name.setdefault(name, {"bag": name})

@@ -41,7 +41,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..chat import AnswerCache, ChatClient, chat_url, request_key
 from ..progress import progress
-from .quality import Window
+from .quality import EvalWindow
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def parse_vote(content: Optional[str]) -> Optional[str]:
     return match[1].upper() if match else None
 
 
-def messages_for(window: Window, first: str, second: str, max_chars: int) -> List[Dict[str, str]]:
+def messages_for(window: EvalWindow, first: str, second: str, max_chars: int) -> List[Dict[str, str]]:
     def cut(text: str) -> str:
         text = text.strip()
         return (text[:max_chars] + " [...]" if len(text) > max_chars else text) or EMPTY_TEXT
@@ -120,7 +120,7 @@ def request_body(config: JudgeConfig, messages: List[Dict[str, str]]) -> Dict:
             "max_tokens": config.max_tokens}
 
 
-def judge_pairs(pairs: Sequence[Tuple[Window, Window]], config: JudgeConfig, out: Path,
+def judge_pairs(pairs: Sequence[Tuple[EvalWindow, EvalWindow]], config: JudgeConfig, out: Path,
                 cache_path: Optional[Path] = None, names: Tuple[str, str] = ("A", "B")) -> Dict:
     """Ask the judge about every window with reference text, twice; write answers and summary."""
     if config.concurrency < 1 or config.retries < 0 or config.timeout_s <= 0:

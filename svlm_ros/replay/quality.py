@@ -1,7 +1,7 @@
 """Quality of a run's descriptions against reference text, over aligned time windows.
 
 This module owns the alignment of a run (the lines of descriptions.jsonl) with a reference
-(`reference.RefSegment`s) and every quality metric; `evaluate.py` only reads and writes files.
+(`sources.timed_text.RefSegment`s) and every quality metric; `evaluate.py` only reads and writes files.
 
 Definitions
 -----------
@@ -64,7 +64,7 @@ SEMANTIC_MODEL = MINILM
 
 
 @dataclass
-class Window:
+class EvalWindow:
     """One evaluation window of one camera, and its scores once `score_windows` ran."""
 
     camera: str
@@ -119,7 +119,7 @@ def window_seconds(window_s: float) -> int:
 
 
 def align(records: Sequence[Dict], segments: Sequence[RefSegment], window_s: float = 10.0,
-          camera: Optional[str] = None, bag: str = "") -> List[Window]:
+          camera: Optional[str] = None, bag: str = "") -> List[EvalWindow]:
     """The evaluation windows of every camera in `records` (or only `camera`), in order."""
     n = window_seconds(window_s)
     absolute = is_absolute(list(segments))
@@ -130,7 +130,7 @@ def align(records: Sequence[Dict], segments: Sequence[RefSegment], window_s: flo
         cameras = [c for c in cameras if same_camera(camera, c)]
     named = sorted({s.camera for s in segments if s.camera})
     words = words_in_time_order(segments)
-    windows: List[Window] = []
+    windows: List[EvalWindow] = []
     for name in cameras:
         if named and not any(same_camera(name, c) for c in named):
             log.warning("the reference has no text for camera %s (it names %s); %s is not evaluated",
@@ -142,7 +142,7 @@ def align(records: Sequence[Dict], segments: Sequence[RefSegment], window_s: flo
     return windows
 
 
-def _align_camera(camera: str, records: Sequence[Dict], words, n: int, absolute: bool, bag: str) -> List[Window]:
+def _align_camera(camera: str, records: Sequence[Dict], words, n: int, absolute: bool, bag: str) -> List[EvalWindow]:
     start_key, end_key = ("start", "end") if absolute else ("stream_start", "stream_end")
     origin = min(r[start_key] for r in records) if absolute else 0.0
     # stream time = time in the base minus this shift (a single constant per camera and bag)
@@ -170,7 +170,7 @@ def _align_camera(camera: str, records: Sequence[Dict], words, n: int, absolute:
     windows = []
     for w in range(final // n + 1):
         seconds = range(w * n, min((w + 1) * n, final + 1))
-        window = Window(camera, w, origin + w * n, origin + (w + 1) * n, origin - shift + w * n,
+        window = EvalWindow(camera, w, origin + w * n, origin + (w + 1) * n, origin - shift + w * n,
                         origin - shift + (w + 1) * n,
                         " ".join(word for k in seconds for word in ref_text.get(k, [])),
                         " ".join(text for k in seconds for text in run_text.get(k, [])), bag=bag)
@@ -222,7 +222,7 @@ def semantic_similarities(hypotheses: Sequence[str], references: Sequence[str]) 
     return scores
 
 
-def score_windows(windows: Sequence[Window], semantic: bool = True) -> None:
+def score_windows(windows: Sequence[EvalWindow], semantic: bool = True) -> None:
     """Fill each window's metrics (see the module docstring)."""
     import sacrebleu
 
@@ -241,7 +241,7 @@ def score_windows(windows: Sequence[Window], semantic: bool = True) -> None:
         w.metrics["silence_agreement"] = w.agree / w.seconds if w.seconds else None
 
 
-def aggregate(windows: Sequence[Window]) -> Dict:
+def aggregate(windows: Sequence[EvalWindow]) -> Dict:
     """Overall metrics of scored windows (see the module docstring)."""
     import sacrebleu
 
@@ -270,7 +270,7 @@ def _mean(values) -> Optional[float]:
 
 
 def evaluate(records: Sequence[Dict], segments: Sequence[RefSegment], window_s: float = 10.0,
-             camera: Optional[str] = None, semantic: bool = True, bag: str = "") -> Tuple[Dict, Dict, List[Window]]:
+             camera: Optional[str] = None, semantic: bool = True, bag: str = "") -> Tuple[Dict, Dict, List[EvalWindow]]:
     """(overall, per camera, windows) of one run against one reference."""
     if not segments:
         log.warning("the reference has no text: every second counts as silent in it")
