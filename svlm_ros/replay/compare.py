@@ -101,11 +101,7 @@ def compare_windows(a: Sequence[EvalWindow], b: Sequence[EvalWindow], samples: i
         if np.isnan(value_a) or np.isnan(value_b):
             continue  # no window with reference text, or similarity not computed
         deltas = np.array([scorer_b.score(name, d) - scorer_a.score(name, d) for d in draws])
-        deltas = deltas[~np.isnan(deltas)]
-        low, high = (float(np.percentile(deltas, 2.5)), float(np.percentile(deltas, 97.5))) if len(deltas) \
-            else (np.nan, np.nan)
-        result["metrics"][name] = {"a": value_a, "b": value_b, "delta": value_b - value_a, "ci95": [low, high],
-                                   "verdict": verdict(low, high)}
+        result["metrics"][name] = _difference(value_a, value_b, deltas)
     return result
 
 
@@ -142,13 +138,16 @@ def compare_seconds(a: Sequence[grounded.Second], b: Sequence[grounded.Second], 
         value_a, value_b = float(whole_a[name]), float(whole_b[name])
         if np.isnan(value_a) or np.isnan(value_b):
             continue  # nothing to count (no event second, no claim)
-        deltas = drawn_b[name] - drawn_a[name]
-        deltas = deltas[~np.isnan(deltas)]
-        low, high = (float(np.percentile(deltas, 2.5)), float(np.percentile(deltas, 97.5))) if len(deltas) \
-            else (np.nan, np.nan)
-        result["metrics"][name] = {"a": value_a, "b": value_b, "delta": value_b - value_a, "ci95": [low, high],
-                                   "verdict": verdict(low, high)}
+        result["metrics"][name] = _difference(value_a, value_b, drawn_b[name] - drawn_a[name])
     return result
+
+
+def _difference(value_a: float, value_b: float, deltas: np.ndarray) -> Dict:
+    """A metric's B - A with the 95% interval of its bootstrap deltas (NaN draws left out) and verdict."""
+    deltas = deltas[~np.isnan(deltas)]
+    low, high = (float(np.percentile(deltas, 2.5)), float(np.percentile(deltas, 97.5))) if len(deltas) \
+        else (np.nan, np.nan)
+    return {"a": value_a, "b": value_b, "delta": value_b - value_a, "ci95": [low, high], "verdict": verdict(low, high)}
 
 
 def verdict(low: float, high: float) -> str:
