@@ -19,7 +19,7 @@ from test_node import harness, settled, wait_for  # noqa: E402,F401 - the fixtur
 
 from svlm_ros.cli import main as svlm  # noqa: E402
 from svlm_ros.config import EngineConfig, NodeConfig  # noqa: E402
-from svlm_ros.node.scheduler import Scheduler  # noqa: E402
+from svlm_ros.cameras.scheduler import Scheduler  # noqa: E402
 from svlm_ros.replay.synth import START_NS, image_message  # noqa: E402
 from svlm_ros.sources.messages import typestore  # noqa: E402
 from svlm_ros.synthetic import moving_shapes  # noqa: E402

@@ -530,7 +530,7 @@ def test_no_callback_exception_ends_the_node(harness, monkeypatch):
     """Issue Hardening II, item 1: an exception out of a service, subscription or timer callback ended
     executor.spin(), and with it the process. Each is logged and the node goes on; a service answers
     success=false with the reason."""
-    from svlm_ros.node.scheduler import CameraStream, Scheduler
+    from svlm_ros.cameras.scheduler import CameraStream, Scheduler
 
     h = harness(diagnostics_period_s=0.1)
     h.start()

@@ -12,7 +12,7 @@ import pytest
 from rosbags.highlevel import AnyReader
 
 from svlm_ros.cli import main as svlm
-from svlm_ros.node.scheduler import Scheduler
+from svlm_ros.cameras.scheduler import Scheduler
 from svlm_ros.replay.outputs import annotation_topic
 from svlm_ros.replay.synth import START_NS, reference_paths, write_synthetic_bag
 from svlm_ros.sources.bags import BagMessage

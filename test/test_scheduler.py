@@ -7,7 +7,7 @@ import pytest
 from sensor_msgs.msg import Image
 
 from svlm_ros.config import EngineConfig, NodeConfig
-from svlm_ros.node.scheduler import Scheduler
+from svlm_ros.cameras.scheduler import Scheduler
 from svlm_ros.synthetic import moving_shapes
 
 CAMERA = "/cam"

@@ -138,7 +138,8 @@ def test_set_assignments_are_parsed_in_one_place():
 
 
 def test_imports_run_one_way():
-    """sources imports nothing above it (nor ROS); training imports neither replay nor the node."""
+    """sources imports nothing above it (nor ROS); training imports neither replay nor the node; replay,
+    the cameras' core and the memory import no part of the node and no rclpy."""
     script = """
 import pkgutil, sys
 import svlm_ros.sources
@@ -150,6 +151,12 @@ assert not bad, f"sources imported {bad}"
 import training.build_dataset, training.dataset, training.label, training.samples, training.train
 bad = sorted(m for m in sys.modules if m.split(".")[0] == "rclpy" or m.startswith(("svlm_ros.replay", "svlm_ros.node")))
 assert not bad, f"training imported {bad}"
+import svlm_ros.cameras, svlm_ros.memory, svlm_ros.replay
+for package in (svlm_ros.cameras, svlm_ros.memory, svlm_ros.replay):
+    for module in pkgutil.iter_modules(package.__path__):
+        __import__(f"{package.__name__}.{module.name}")
+bad = sorted(m for m in sys.modules if m.split(".")[0] in ("rclpy", "rcl_interfaces") or m.startswith("svlm_ros.node"))
+assert not bad, f"replay, cameras or memory imported {bad}"
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1])

@@ -30,7 +30,7 @@ from ..sources.bags import peek_header
 from ..sources.images import BadImage
 from .memory import NodeMemory, to_entry_msg
 from ..sources.intake import FrameWarning
-from .scheduler import Described, Scheduler
+from ..cameras.scheduler import Described, Scheduler
 from .stamps import to_seconds, to_time_msg
 
 COMPRESSED_SUFFIX = "/compressed"  # the image_transport convention

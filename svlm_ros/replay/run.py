@@ -1,6 +1,6 @@
 """`svlm replay`: rosbags through the node's own data path, into descriptions and a report.
 
-A replay builds the node's ROS-free core (`svlm_ros.node.scheduler`: each camera's frame intake,
+A replay builds the node's ROS-free core (`svlm_ros.cameras.scheduler`: each camera's frame intake,
 one engine stream per camera, batched steps) and feeds it the bag's image messages in log-time
 order. By default every window is described, as fast as the machine goes: the caller's thread
 describes the cameras' windows in batches as soon as every camera has one waiting (the same
@@ -40,7 +40,7 @@ from ..engine.models import RANDOM_MODELS, LoadedModel, load_model
 from ..memory.recorder import MemoryRecorder
 from ..memory.records import Entry
 from ..memory.summaries import SummaryModel
-from ..node.scheduler import Described, Scheduler
+from ..cameras.scheduler import Described, Scheduler
 from ..params import load_node_configs
 from ..process import rss_bytes
 from ..progress import progress

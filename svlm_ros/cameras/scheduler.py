@@ -1,4 +1,4 @@
-"""ROS-free core of the node: per-camera streams sharing one model on one worker thread.
+"""ROS-free core of the node and of svlm replay: per-camera streams sharing one model on one worker thread.
 
 Image callbacks only check stamps and hand frames to `CameraStream.feed` (cheap; only sampled
 frames are converted); completed windows wait in a bounded per-camera queue that keeps the newest,
