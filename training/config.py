@@ -68,6 +68,9 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(device="auto", dtype="float32"))
     lora: LoraSettings = field(default_factory=LoraSettings)
     freeze_vision: bool = True  # the reference freezes the vision tower and trains the LLM
+    # A baseline, not a recipe: every frame reaches the model blanked (all pixel values equal), so
+    # what it learns comes from the text alone (the video-blind run of training/narrator.sh).
+    blank_frames: bool = False
     train_embeddings: bool = True  # the LLM's token embeddings (tied to the head in small models)
     # Optimisation (the reference recipe: lr 1e-5, cosine, 3% warmup, 1 epoch, 512 samples a step)
     learning_rate: float = 1e-5

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import functools
 import json
 import logging
@@ -94,18 +95,27 @@ def to_inputs(built: Built, device: torch.device) -> Dict[str, torch.Tensor]:
 
 
 # ----- data ------------------------------------------------------------------------------------
-class _Window(torch.utils.data.Dataset):
-    """Sample k of a fixed list, built into model input (in a data-loader worker)."""
+class _BuiltSamples(torch.utils.data.Dataset):
+    """The torch dataset of a training pass: sample k of a fixed list, built into model input (in a data-loader worker)."""
 
-    def __init__(self, dataset: ShardedDataset, builder: SequenceBuilder, order: List[int]):
-        self.dataset, self.builder, self.order = dataset, builder, order
+    def __init__(self, dataset: ShardedDataset, builder: SequenceBuilder, order: List[int], blank: bool = False):
+        self.dataset, self.builder, self.order, self.blank = dataset, builder, order, blank
 
     def __len__(self):
         return len(self.order)
 
     def __getitem__(self, k):
         sample = self.dataset[self.order[k]]
-        return self.builder.build(sample.meta, [sample.second_frames(i) for i in range(len(sample.meta["seconds"]))])
+        built = self.builder.build(sample.meta, [sample.second_frames(i) for i in range(len(sample.meta["seconds"]))])
+        return blanked(built) if self.blank else built
+
+
+def blanked(built: Built) -> Built:
+    """`built` with every pixel value 0 (the normalised mean colour): the video-blind baseline's input.
+    Token ids, positions and the vision grid stay, so the model reads the same sequence without the picture."""
+    if built.pixel_values is None:
+        return built
+    return dataclasses.replace(built, pixel_values=np.zeros_like(built.pixel_values))
 
 
 def _identity(item):
@@ -318,7 +328,7 @@ class Trainer:
 
     # ----- the loop ----------------------------------------------------------------------------
     def _loader(self, indices: List[int]):
-        dataset = _Window(self.dataset, self.builder, indices)
+        dataset = _BuiltSamples(self.dataset, self.builder, indices, blank=self.config.blank_frames)
         workers = self.config.num_workers if len(indices) > 1 else 0
         return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                                            collate_fn=_identity, persistent_workers=False,

@@ -41,6 +41,13 @@ RANDOM_MODELS = {
                   num_key_value_heads=2, mrope_section=[2, 3, 3]),
         vision=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, fullatt_block_indexes=[1]),
     ),
+    # The synthetic narrator (training/narrator.sh): wide enough in vision to tell four colours and
+    # three shapes apart in a few 14-px patches, small enough to train on 2 CPU cores in minutes.
+    "narrator-random": dict(
+        text=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, mrope_section=[4, 6, 6]),
+        vision=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, fullatt_block_indexes=[1]),
+    ),
     # About 43M parameters (tied embeddings): the CPU benchmark model.
     "small-random": dict(
         text=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,

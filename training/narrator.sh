@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The synthetic narrator: does a model trained by training/ see the video? Synthetic shape bags
+# (three colour-shape pairs held out of every training bag) -> dataset -> train `narrator-random`
+# on CPU twice, once seeing the frames (grounded) and once with every frame blanked (video-blind)
+# -> replay two held-out bags (one of only the held-out pairs, one of new seeds) with the untrained
+# model, the video-blind and the grounded one (all with the real frames) -> the grounded score
+# against the scenes' truth, and the grounded-minus-blind difference with 95% intervals.
+#
+#   training/narrator.sh [WORK_DIR]      (default runs/narrator)
+#
+# Resumable: a step whose output exists is skipped (an interrupted training resumes from its last
+# checkpoint); remove WORK_DIR to start over. TRAIN_BAGS, BAG_SECONDS, HELDOUT_SECONDS, HOLDOUT
+# (COLOUR:SHAPE,...) and EPOCHS override the sizes; extra `svlm train --set` values go in TRAIN_SET.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${1:-runs/narrator}
+TRAIN_BAGS=${TRAIN_BAGS:-20}
+SECONDS_PER_BAG=${BAG_SECONDS:-60}
+HELDOUT_SECONDS=${HELDOUT_SECONDS:-60}
+HOLDOUT=${HOLDOUT:-red:triangle,green:circle,blue:square}
+EPOCHS=${EPOCHS:-1.5}
+CONFIG=training/configs/narrator_cpu.yaml
+PY=${PY:-.venv/bin/python}
+SVLM=${SVLM:-.venv/bin/svlm}
+# 112x168 frames, kept at that size (min_pixels = its area): shapes of 16 px, 24 vision tokens a second.
+HEIGHT=112 WIDTH=168
+FRAMES=(--set frames.min_pixels=$((HEIGHT * WIDTH)))
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+START=$(date +%s)
+stamp() { echo "   ($(( $(date +%s) - START )) s so far)"; }
+
+mkdir -p "$WORK/bags" "$WORK/heldout"
+echo "== 1. synthetic bags: $TRAIN_BAGS x $SECONDS_PER_BAG s without $HOLDOUT; held out: 2 x $HELDOUT_SECONDS s"
+synth() {  # OUT SECONDS SEED PAIRS-OPTION
+  [ -e "$1" ] && return 0
+  # Written aside, then moved in with its sidecars: an interrupted bag is written again, never half used.
+  local part="$WORK/.partial"; rm -rf "$part" && mkdir -p "$part"
+  "$SVLM" --log-level WARNING synth-bag "$part/$(basename "$1")" --seconds "$2" --height $HEIGHT --width $WIDTH \
+    --seed "$3" "$4" "$HOLDOUT" >/dev/null
+  mv "$part"/* "$(dirname "$1")/" && rmdir "$part"
+}
+for k in $(seq 1 "$TRAIN_BAGS"); do
+  printf '\r   train%s' "$k"; synth "$WORK/bags/train$k" "$SECONDS_PER_BAG" "$k" --exclude-pairs
+done; echo
+synth "$WORK/heldout/heldout_novel" "$HELDOUT_SECONDS" 1000 --only-pairs      # objects no training bag shows
+synth "$WORK/heldout/heldout_seen" "$HELDOUT_SECONDS" 1001 --exclude-pairs    # new seed, familiar objects
+stamp
+
+echo "== 2. dataset"
+[ -e "$WORK/dataset/manifest.json" ] || "$PY" -m training.build_dataset --log-level WARNING "$WORK/bags" \
+  --out "$WORK/dataset" --config "$CONFIG" "${FRAMES[@]}" --overwrite
+stamp
+
+for run in grounded blind; do
+  echo "== 3. train narrator-random ($run) for $EPOCHS epochs"
+  blank=false; [ "$run" = blind ] && blank=true
+  [ -e "$WORK/train_$run/model/svlm_training.json" ] || "$PY" -m training.train --log-level WARNING --config "$CONFIG" \
+    --set data="$WORK/dataset" --set output_dir="$WORK/train_$run" --set epochs="$EPOCHS" \
+    --set blank_frames=$blank ${TRAIN_SET:-}
+  stamp
+done
+
+echo "== 4. replay the held-out bags (real frames) with the untrained, video-blind and grounded models"
+for run in untrained blind grounded; do
+  model=narrator-random; [ "$run" = untrained ] || model="$WORK/train_$run/model"
+  if [ ! -e "$WORK/replay_$run/.done" ]; then  # a fleet run: one folder per bag in it
+    rm -rf "$WORK/replay_$run"
+    "$SVLM" --log-level WARNING replay "$WORK/heldout/heldout_novel" "$WORK/heldout/heldout_seen" \
+      --out "$WORK/replay_$run" --model "$model" --device cpu "${FRAMES[@]}" --set generation.max_new_tokens=16 \
+      --seed 0 --thumbnails 4 >/dev/null
+    touch "$WORK/replay_$run/.done"
+  fi
+  echo "   $run done"; stamp
+done
+
+echo "== 5. grounded score against the scenes' truth (both held-out bags pooled)"
+for run in untrained blind grounded; do
+  "$SVLM" --log-level WARNING eval "$WORK/replay_$run" --no-semantic >/dev/null
+done
+"$PY" - "$WORK" <<'PY'
+import json, sys
+from pathlib import Path
+work = Path(sys.argv[1])
+names = ("color_accuracy", "shape_accuracy", "object_accuracy", "action_accuracy", "side_accuracy", "event_f1",
+         "silence_agreement")
+print("| model | " + " | ".join(n.replace("_accuracy", "") for n in names) + " |")
+print("|---" * (len(names) + 1) + "|")
+for run in ("untrained", "blind", "grounded"):
+    g = json.loads((work / f"replay_{run}" / "summary.json").read_text()).get("grounded") or {}
+    print(f"| {run} | " + " | ".join("-" if g.get(n) is None else f"{g[n]:.2f}" for n in names) + " |")
+PY
+echo "-- grounded vs video-blind (B - A, paired bootstrap over seconds, 95% intervals)"
+"$SVLM" --log-level WARNING eval "$WORK/replay_blind" "$WORK/replay_grounded" --no-semantic --out "$WORK/compare" \
+  | sed -n '/^Grounded/,$p'
+stamp
