@@ -17,6 +17,7 @@ from svlm_ros.engine.models import RANDOM_MODELS, qwen_tokenizer_dir
 from svlm_ros.params import load_node_configs
 from svlm_ros.progress import progress
 
+from . import command
 from .config import DatasetConfig, from_dict
 from .dataset import DatasetBuilder, parse_sources
 
@@ -97,19 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    import sys
-
-    parser = argparse.ArgumentParser(prog="training.build_dataset", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"build-dataset: {error}", file=sys.stderr)
-        return 2
+    return command.main("training.build_dataset", __doc__.splitlines()[0], add_arguments, run, argv, name="build-dataset")
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ from svlm_ros.sources import bags
 from svlm_ros.sources.bags import BAG_SUFFIXES, LABELS_SIDECAR, sidecar
 from svlm_ros.sources.videos import VIDEO_SUFFIXES
 
+from . import command
 from .config import LabelConfig, from_dict
 from .dataset import DatasetBuilder, Report, Source
 
@@ -558,19 +559,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    import sys
-
-    parser = argparse.ArgumentParser(prog="training.label", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as error:
-        print(f"label: {error}", file=sys.stderr)
-        return 2
+    return command.main("training.label", __doc__.splitlines()[0], add_arguments, run, argv,
+                        expected=command.EXPECTED + (RuntimeError,), name="label")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from svlm_ros.engine.models import LoadedModel, load_model
 from svlm_ros.params import parse_assignments
 from svlm_ros.progress import progress
 
+from . import command
 from .config import TrainConfig, as_dict, load_train_config
 from .dataset import ShardedDataset, split_sources
 from .samples import IGNORE, Built, SequenceBuilder
@@ -541,16 +542,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="training.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"training.train: {error}", file=sys.stderr)
-        return 2
+    return command.main("training.train", __doc__.splitlines()[0], add_arguments, run, argv)
 
 
 if __name__ == "__main__":
