@@ -64,7 +64,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..sources.timed_text import EPS, same_camera, second_of
+from ..sources.timed_text import EPS, json_lines, same_camera, second_of
 
 log = logging.getLogger(__name__)
 
@@ -184,20 +184,17 @@ def load_truth(path: Path) -> Truth:
         raise FileNotFoundError(f"truth file {path} does not exist; svlm synth-bag writes BAG.truth.jsonl "
                                 "beside each bag it writes")
     truth: Truth = {}
-    with path.open() as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-                camera, second, event = item["camera"], item["second"], item["event"]
-                if not isinstance(second, int) or second < 0:
-                    raise ValueError(f"second must be an integer >= 0, got {second!r}")
-                truth.setdefault(camera, {})[second] = None if event is None else _truth_event(event)
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-                raise ValueError(f"{path}:{number}: not a truth line ({error}); a line is "
-                                 '{"camera": TOPIC, "second": N, "event": null or {"action", "color", "shape", '
-                                 '"side"}}, as svlm synth-bag writes it') from None
+    for number, line in json_lines(path):
+        try:
+            item = json.loads(line)
+            camera, second, event = item["camera"], item["second"], item["event"]
+            if not isinstance(second, int) or second < 0:
+                raise ValueError(f"second must be an integer >= 0, got {second!r}")
+            truth.setdefault(camera, {})[second] = None if event is None else _truth_event(event)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path}:{number}: not a truth line ({error}); a line is "
+                             '{"camera": TOPIC, "second": N, "event": null or {"action", "color", "shape", '
+                             '"side"}}, as svlm synth-bag writes it') from None
     return truth
 
 

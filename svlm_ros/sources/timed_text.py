@@ -32,7 +32,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from .bags import BagError, messages, open_bag, topic_type
 from .messages import DESCRIPTION
@@ -117,23 +117,28 @@ def load_timed_text(spec: str) -> List[RefSegment]:
     return sorted(segments, key=lambda s: (s.end, s.start))
 
 
+def json_lines(path: Path) -> Iterator[Tuple[int, str]]:
+    """(line number, line) of every line of a JSON Lines file that is not blank."""
+    with Path(path).open() as lines:
+        for number, line in enumerate(lines, 1):
+            if line.strip():
+                yield number, line
+
+
 def _load_jsonl(path: Path) -> List[RefSegment]:
     segments = []
-    with path.open() as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-                text = item["word"] if "word" in item else item["text"]
-                start, end = float(item["start"]), float(item["end"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-                raise ValueError(f"reference {path}:{number}: expected an object with start, end and text (or word); "
-                                 f"{type(error).__name__}: {error}") from None
-            if end < start:
-                raise ValueError(f"reference {path}:{number}: end {end} is before start {start}")
-            camera = item.get("camera")
-            segments.append(RefSegment(start, end, str(text).strip(), str(camera) if camera else None))
+    for number, line in json_lines(path):
+        try:
+            item = json.loads(line)
+            text = item["word"] if "word" in item else item["text"]
+            start, end = float(item["start"]), float(item["end"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"reference {path}:{number}: expected an object with start, end and text (or word); "
+                             f"{type(error).__name__}: {error}") from None
+        if end < start:
+            raise ValueError(f"reference {path}:{number}: end {end} is before start {start}")
+        camera = item.get("camera")
+        segments.append(RefSegment(start, end, str(text).strip(), str(camera) if camera else None))
     return segments
 
 
