@@ -2,7 +2,6 @@
 worker restarted. Driven by events the test controls, never by timing."""
 import threading
 
-import numpy as np
 import pytest
 from sensor_msgs.msg import Image
 
