@@ -3,6 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= tiny-random
+PARAMS ?=
 
 .PHONY: setup test demo bench bench-gpu narrator clean
 
@@ -13,7 +14,7 @@ test: setup
 	@scripts/run_tests.sh
 
 demo: setup
-	@MODEL=$(MODEL) $(PY) -m svlm_ros.demo
+	@MODEL=$(MODEL) PARAMS=$(PARAMS) $(PY) -m svlm_ros.demo
 
 bench: setup
 	$(VENV)/bin/svlm bench --model small-random --seconds 600 --out bench-out
@@ -23,7 +24,7 @@ bench-gpu: setup
 	$(VENV)/bin/svlm bench --config config/qwen2_5_vl_7b.json --device cuda --dtype bfloat16 \
 		--width 1280 --height 720 --seconds 1800 --baseline-seconds 120 --out bench-gpu-out
 
-# The synthetic narrator loop (training/README.md, "Does it see?"): about 30 min on 2 CPU cores;
+# The synthetic narrator loop (training/README.md, "Does it see?"): about 20 min on 2 CPU cores;
 # resumable. It trains a grounded and a video-blind model and scores both against the scenes' truth.
 narrator: setup
 	training/narrator.sh $(or $(WORK),runs/narrator)

@@ -1,7 +1,11 @@
 """`make demo`: a synthetic camera over real DDS, the svlm node, and its descriptions for ~20 s.
 
 The camera publisher and the description printer live in this process; the node runs as its
-own process, exactly as `svlm node --ros-args --params-file config/svlm.yaml` would.
+own process, exactly as `svlm node --ros-args --params-file config/svlm.yaml` would. The camera
+shows the synthetic narrator's scenes (`svlm synth-bag`'s, one shape at a time), and each
+description is printed beside what the scene did in that second, so a trained narrator
+(`MODEL=runs/narrator/train_grounded/model PARAMS=config/narrator.yaml make demo`) can be read
+against the truth.
 """
 from __future__ import annotations
 
@@ -19,13 +23,16 @@ from sensor_msgs.msg import Image
 
 from svlm_ros.msg import Description
 
+from .engine.models import RANDOM_MODELS
+from .replay.synth import Scene
 from .sources.stamps import to_seconds
-from .synthetic import moving_shapes
 
 DEMO_SECONDS = float(os.environ.get("DEMO_SECONDS", "20"))
 STARTUP_TIMEOUT_S = 180.0
 CAMERA_HZ = 10.0
-WIDTH, HEIGHT = 320, 240
+# The narrator's training bags (training/narrator.sh): 168x112, one 56-px shape at a time.
+WIDTH, HEIGHT, SHAPE_SIZE = 168, 112, 56
+SCENE_SECONDS = 600  # the script loops after this long
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -35,12 +42,15 @@ class DemoCamera(Node):
         self.publisher = self.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
         self.subscription = self.create_subscription(Description, "/svlm/description", self.on_description, 10)
         self.timer = self.create_timer(1.0 / CAMERA_HZ, self.publish_frame)
-        self.started = time.monotonic()
+        self.scene = Scene(SCENE_SECONDS, seed=int(time.time()) % 100_000, max_objects=1, shape_size=SHAPE_SIZE)
+        self.started = None  # the first frame's stamp: scene time 0
         self.received = 0
 
     def publish_frame(self):
         now = self.get_clock().now()
-        frame = moving_shapes(time.monotonic() - self.started, HEIGHT, WIDTH)
+        if self.started is None:
+            self.started = now.nanoseconds * 1e-9
+        frame = self.scene.frame((now.nanoseconds * 1e-9 - self.started) % SCENE_SECONDS, HEIGHT, WIDTH)
         msg = Image(height=HEIGHT, width=WIDTH, encoding="rgb8", step=WIDTH * 3, data=frame.tobytes())
         msg.header.stamp = now.to_msg()
         msg.header.frame_id = "demo_camera"
@@ -50,22 +60,32 @@ class DemoCamera(Node):
         self.received += 1
         start, end = to_seconds(msg.window_start), to_seconds(msg.window_end)
         text = "(silent)" if msg.silent else msg.text
+        second = int(round(start - self.started)) % SCENE_SECONDS if self.started is not None else -1
+        truth = self.scene.texts[second] if second >= 0 else ""
         print(f"#{msg.index:<3} [{start % 1000:8.2f}-{end % 1000:8.2f}s] latency {msg.latency:5.2f}s "
-              f"cache {msg.cache_tokens:5d} | {text}", flush=True)
+              f"cache {msg.cache_tokens:5d} | {text:<40} | truth: {truth or '(nothing new)'}", flush=True)
 
 
 def main() -> int:
     model = os.environ.get("MODEL", "tiny-random")
+    params = [str(ROOT / "config" / "svlm.yaml")] + ([os.environ["PARAMS"]] if os.environ.get("PARAMS") else [])
+    for path in params:
+        if not Path(path).is_file():
+            print(f"svlm demo: PARAMS={path} does not exist; give a node parameter file such as "
+                  "config/narrator.yaml", file=sys.stderr)
+            return 2
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # keep DDS on this machine
-    print(f"svlm demo: a synthetic {WIDTH}x{HEIGHT} camera at {CAMERA_HZ:.0f} Hz -> svlm node (model {model}) "
-          f"for {DEMO_SECONDS:.0f} s", flush=True)
-    if model in ("tiny-random", "small-random"):
+    print(f"svlm demo: a synthetic {WIDTH}x{HEIGHT} camera at {CAMERA_HZ:.0f} Hz -> svlm node (model {model}, "
+          f"parameters {' + '.join(params)}) for {DEMO_SECONDS:.0f} s", flush=True)
+    if model in RANDOM_MODELS:
         print("NOTE: this model has RANDOM weights, so its words are meaningless: the demo shows the "
               "machinery (topics, windows, latency, cache), not descriptions.\n"
-              "      With a real checkpoint: MODEL=/path/to/StreamingVLM make demo", flush=True)
-    node_command = [sys.executable, "-m", "svlm_ros.cli", "node", "--ros-args",
-                    "--params-file", str(ROOT / "config" / "svlm.yaml"), "-p", f"model:={model}",
-                    "--log-level", "svlm:=warn"]
+              "      A real checkpoint: MODEL=/path/to/StreamingVLM make demo; the synthetic narrator: training/README.md",
+              flush=True)
+    node_command = [sys.executable, "-m", "svlm_ros.cli", "node", "--ros-args"]
+    for path in params:  # later files win, as ROS applies them
+        node_command += ["--params-file", path]
+    node_command += ["-p", f"model:={model}", "--log-level", "svlm:=warn"]
     node_process = subprocess.Popen(node_command, start_new_session=True)
     rclpy.init()
     camera = DemoCamera()

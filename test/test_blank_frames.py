@@ -59,4 +59,6 @@ def test_the_narrator_config_trains_the_vision_tower_and_sees_the_frames():
     path = str(ROOT / "training" / "configs" / "narrator_cpu.yaml")
     config = load_train_config(path)
     assert config.model.model == "narrator-random" and not config.freeze_vision and not config.blank_frames
-    assert dataset_config(path, argparse.Namespace()).window_seconds == 12
+    assert config.vision_learning_rate_scale > 1
+    dataset = dataset_config(path, argparse.Namespace())
+    assert dataset.window_seconds == 4 and dataset.keep_silent_windows

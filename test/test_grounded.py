@@ -5,10 +5,11 @@ import json
 from itertools import product
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from svlm_ros import cli
-from svlm_ros.replay import compare, grounded, report
+from svlm_ros.replay import compare, grounded, report, synth
 from svlm_ros.replay.grounded import ACTIONS, COLORS, SHAPES, SIDED_ACTIONS, Event, narrate, parse
 from svlm_ros.replay.synth import ALL_PAIRS, START_NS, Scene, reference_paths, truth_path, write_synthetic_bag
 from svlm_ros.sources.bags import TRUTH_SIDECAR, sidecar
@@ -234,10 +235,32 @@ def test_held_out_pairs_are_never_in_a_training_bag_and_are_all_a_held_out_bag_h
         assert drawn <= allowed and len(drawn) >= min(len(allowed), 6)
 
 
+def test_the_easy_stage_keeps_one_object_in_view_and_draws_it_at_the_size_asked(tmp_path):
+    scene = Scene(300, 3, max_objects=1, shape_size=40)
+    assert max(len(shapes) for shapes in scene.keyframes) == 1
+    assert {e.action for e in scene.events if e} == set(ACTIONS)  # every action still happens
+    second = next(k for k, shapes in enumerate(scene.keyframes) if shapes and shapes[0].kind == "square")
+    shape = scene.keyframes[second][0]
+    shape.x, shape.y, shape.speed = 0.5, 0.5, 0.0  # in the middle, still, for the measurement
+    lit = (scene.frame(second, 112, 168) == synth.COLORS[shape.color]).all(axis=2)
+    columns, rows = np.flatnonzero(lit.any(axis=0)), np.flatnonzero(lit.any(axis=1))
+    assert columns[-1] - columns[0] + 1 == rows[-1] - rows[0] + 1 == 41  # cv2's filled square spans both corners
+    assert Scene(120, 0, max_objects=3).texts == Scene(120, 0).texts  # the default is the old script
+    bag = tmp_path / "easy"
+    assert cli.main(["synth-bag", str(bag), "--seconds", "30", "--fps", "1", "--width", "32", "--height", "24",
+                     "--max-objects", "1", "--shape-size", "8"]) == 0
+    in_view = 0
+    for event in grounded.load_truth(truth_path(bag))["/cam0/image_raw"].values():
+        in_view += {"appears": 1, "leaves": -1}.get(event.action, 0) if event else 0
+        assert in_view in (0, 1)
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--only-pairs", "purple:circle"], "'purple:circle' is not COLOUR:SHAPE"),
     (["--only-pairs", "red"], "'red' is not COLOUR:SHAPE"),
     (["--exclude-pairs", ",".join(f"{c}:{k}" for c, k in ALL_PAIRS)], "leaves no colour-shape pair"),
+    (["--max-objects", "0"], "--max-objects must be 1 to 12"),
+    (["--shape-size", "2"], "--shape-size must be at least 4 pixels"),
 ])
 def test_bad_pairs_are_named(tmp_path, capsys, arguments, message):
     assert cli.main(["synth-bag", str(tmp_path / "x"), "--seconds", "2", *arguments]) == 2

@@ -320,6 +320,26 @@ def test_resume_gives_the_same_weights_as_one_run(dataset, tmp_path):
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
 
 
+def test_the_vision_tower_trains_at_its_own_rate_through_the_schedule(dataset, tmp_path):
+    from training.train import Trainer
+
+    trainer = Trainer(train_config(dataset, tmp_path / "run", freeze_vision=False, vision_learning_rate_scale=3.0,
+                                   warmup_ratio=0.5))
+    core = trainer.accelerator.unwrap_model(trainer.module).core
+    visual = {id(p) for name, p in core.named_parameters() if ".visual." in f".{name}"}
+    text, vision = trainer.optimizer.param_groups
+    assert {id(p) for p in vision["params"]} == visual and not visual & {id(p) for p in text["params"]}
+    assert len(text["params"]) + len(vision["params"]) == sum(1 for p in core.parameters() if p.requires_grad)
+    rates = []
+    for _ in range(3):
+        rates.append([group["lr"] for group in trainer.optimizer.param_groups])
+        trainer.train(stop_at=trainer.step + 1)
+    assert len({round(v / t, 9) for t, v in rates}) == 1 and rates[0][1] / rates[0][0] == pytest.approx(3.0)
+    assert rates[0] != rates[1]  # warmup and cosine move both groups
+    frozen = Trainer(train_config(dataset, tmp_path / "frozen", freeze_vision=True, vision_learning_rate_scale=3.0))
+    assert len(frozen.optimizer.param_groups) == 1  # nothing of the tower is trained
+
+
 def test_short_training_lowers_the_loss_and_the_checkpoint_streams_in_replay(dataset, bags, tmp_path):
     from svlm_ros.cli import main as svlm
     from training.train import Trainer

@@ -75,6 +75,9 @@ class TrainConfig:
     # Optimisation (the reference recipe: lr 1e-5, cosine, 3% warmup, 1 epoch, 512 samples a step)
     learning_rate: float = 1e-5
     min_learning_rate_ratio: float = 0.0  # cosine ends at learning_rate * this
+    # The vision tower's rate is learning_rate * this (when it trains): a random tower trained at the
+    # LLM's rate stays a while where the text alone explains the loss (training/README.md).
+    vision_learning_rate_scale: float = 1.0
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
@@ -105,6 +108,8 @@ class TrainConfig:
         if self.learning_rate <= 0 or not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"need learning_rate > 0 and 0 <= warmup_ratio < 1, got {self.learning_rate}, "
                              f"{self.warmup_ratio}")
+        if self.vision_learning_rate_scale <= 0:
+            raise ValueError(f"vision_learning_rate_scale must be > 0, got {self.vision_learning_rate_scale}")
         if self.per_device_batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise ValueError("per_device_batch_size and gradient_accumulation_steps must be >= 1")
         if self.mixed_precision not in ("auto", "bf16", "fp16", "no"):

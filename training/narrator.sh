@@ -10,7 +10,8 @@
 #
 # Resumable: a step whose output exists is skipped (an interrupted training resumes from its last
 # checkpoint); remove WORK_DIR to start over. TRAIN_BAGS, BAG_SECONDS, HELDOUT_SECONDS, HOLDOUT
-# (COLOUR:SHAPE,...) and EPOCHS override the sizes; extra `svlm train --set` values go in TRAIN_SET.
+# (COLOUR:SHAPE,...), MAX_OBJECTS, SHAPE_SIZE and EPOCHS override the sizes; extra `svlm train --set`
+# values go in TRAIN_SET. The grounded and the blind run train side by side, half the cores each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-runs/narrator}
@@ -18,13 +19,16 @@ TRAIN_BAGS=${TRAIN_BAGS:-20}
 SECONDS_PER_BAG=${BAG_SECONDS:-60}
 HELDOUT_SECONDS=${HELDOUT_SECONDS:-60}
 HOLDOUT=${HOLDOUT:-red:triangle,green:circle,blue:square}
-EPOCHS=${EPOCHS:-1.5}
+EPOCHS=${EPOCHS:-3}
+# The scene's easiest stage: one shape in view at a time, 56 px in 168x112 frames (28 px, 2x2
+# patches, in the 84x56 the narrator sees), as `make demo`'s camera shows it.
+SCENE=(--max-objects "${MAX_OBJECTS:-1}" --shape-size "${SHAPE_SIZE:-56}")
 CONFIG=training/configs/narrator_cpu.yaml
 PY=${PY:-.venv/bin/python}
 SVLM=${SVLM:-.venv/bin/svlm}
-# 112x168 frames, kept at that size (min_pixels = its area): shapes of 16 px, 24 vision tokens a second.
+# The narrator's node parameters (frames, cache, greedy decoding) build its dataset and replay it.
+PARAMS=config/narrator.yaml
 HEIGHT=112 WIDTH=168
-FRAMES=(--set frames.min_pixels=$((HEIGHT * WIDTH)))
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 START=$(date +%s)
 stamp() { echo "   ($(( $(date +%s) - START )) s so far)"; }
@@ -36,7 +40,7 @@ synth() {  # OUT SECONDS SEED PAIRS-OPTION
   # Written aside, then moved in with its sidecars: an interrupted bag is written again, never half used.
   local part="$WORK/.partial"; rm -rf "$part" && mkdir -p "$part"
   "$SVLM" --log-level WARNING synth-bag "$part/$(basename "$1")" --seconds "$2" --height $HEIGHT --width $WIDTH \
-    --seed "$3" "$4" "$HOLDOUT" >/dev/null
+    --seed "$3" "${SCENE[@]}" "$4" "$HOLDOUT" >/dev/null
   mv "$part"/* "$(dirname "$1")/" && rmdir "$part"
 }
 for k in $(seq 1 "$TRAIN_BAGS"); do
@@ -48,17 +52,23 @@ stamp
 
 echo "== 2. dataset"
 [ -e "$WORK/dataset/manifest.json" ] || "$PY" -m training.build_dataset --log-level WARNING "$WORK/bags" \
-  --out "$WORK/dataset" --config "$CONFIG" "${FRAMES[@]}" --overwrite
+  --out "$WORK/dataset" --config "$CONFIG" --params "$PARAMS" --overwrite
 stamp
 
-for run in grounded blind; do
-  echo "== 3. train narrator-random ($run) for $EPOCHS epochs"
-  blank=false; [ "$run" = blind ] && blank=true
-  [ -e "$WORK/train_$run/model/svlm_training.json" ] || "$PY" -m training.train --log-level WARNING --config "$CONFIG" \
-    --set data="$WORK/dataset" --set output_dir="$WORK/train_$run" --set epochs="$EPOCHS" \
-    --set blank_frames=$blank ${TRAIN_SET:-}
-  stamp
-done
+echo "== 3. train narrator-random for $EPOCHS epochs, grounded and video-blind side by side"
+THREADS=$(( $(nproc) / 2 )); [ "$THREADS" -ge 1 ] || THREADS=1
+train() {  # RUN BLANK_FRAMES
+  [ -e "$WORK/train_$1/model/svlm_training.json" ] || OMP_NUM_THREADS=$THREADS "$PY" -m training.train \
+    --log-level WARNING --config "$CONFIG" --set data="$WORK/dataset" --set output_dir="$WORK/train_$1" \
+    --set epochs="$EPOCHS" --set blank_frames="$2" ${TRAIN_SET:-}
+}
+# The blind run's progress goes to its log; the grounded run's bar is shown.
+train blind true >"$WORK/train_blind.log" 2>&1 & blind_pid=$!
+trap 'kill $blind_pid 2>/dev/null' EXIT
+train grounded false
+if ! wait $blind_pid; then echo "the video-blind training failed: see $WORK/train_blind.log" >&2; exit 1; fi
+trap - EXIT
+stamp
 
 echo "== 4. replay the held-out bags (real frames) with the untrained, video-blind and grounded models"
 for run in untrained blind grounded; do
@@ -66,7 +76,7 @@ for run in untrained blind grounded; do
   if [ ! -e "$WORK/replay_$run/.done" ]; then  # a fleet run: one folder per bag in it
     rm -rf "$WORK/replay_$run"
     "$SVLM" --log-level WARNING replay "$WORK/heldout/heldout_novel" "$WORK/heldout/heldout_seen" \
-      --out "$WORK/replay_$run" --model "$model" --device cpu "${FRAMES[@]}" --set generation.max_new_tokens=16 \
+      --out "$WORK/replay_$run" --model "$model" --device cpu --params "$PARAMS" \
       --seed 0 --thumbnails 4 >/dev/null
     touch "$WORK/replay_$run/.done"
   fi

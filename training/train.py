@@ -214,10 +214,14 @@ class Trainer:
             self.total_steps = epoch_steps(config.epochs, len(self.train_indices), self.global_batch)
         self._load_model()
         self.warmup_steps = int(round(config.warmup_ratio * self.total_steps))
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        if not params:
+        trained = [(name, p) for name, p in self.module.named_parameters() if p.requires_grad]
+        if not trained:
             raise ValueError("nothing to train: every parameter is frozen (check lora / freeze settings)")
-        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+        vision = [p for name, p in trained if ".visual." in f".{name}"]
+        text = [p for name, p in trained if ".visual." not in f".{name}"]
+        groups = [{"params": ps, "lr": lr} for ps, lr in
+                  ((text, config.learning_rate), (vision, config.learning_rate * config.vision_learning_rate_scale)) if ps]
+        self.optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                            eps=config.adam_epsilon, weight_decay=config.weight_decay)
         self.scheduler = cosine_with_warmup(self.optimizer, self.warmup_steps, self.total_steps,
                                             config.min_learning_rate_ratio)

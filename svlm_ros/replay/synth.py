@@ -62,8 +62,16 @@ class Shape:
 class Scene:
     """One camera's scripted scene: the shapes at any time, and what changed in each second."""
 
-    def __init__(self, seconds: int, seed: int, pairs: Optional[Iterable[Pair]] = None):
-        """`pairs`: the colour-shape pairs objects are drawn from (None: all of them)."""
+    def __init__(self, seconds: int, seed: int, pairs: Optional[Iterable[Pair]] = None,
+                 max_objects: int = MAX_OBJECTS, shape_size: Optional[int] = None):
+        """`pairs`: the colour-shape pairs objects are drawn from (None: all of them); `max_objects`:
+        how many can be in view at once; `shape_size`: their size in pixels (None: a seventh of the
+        frame's shorter side)."""
+        if not 1 <= max_objects <= len(ALL_PAIRS):
+            raise ValueError(f"--max-objects must be 1 to {len(ALL_PAIRS)}, got {max_objects}")
+        if shape_size is not None and shape_size < 4:
+            raise ValueError(f"--shape-size must be at least 4 pixels, got {shape_size}")
+        self.max_objects, self.shape_size = max_objects, shape_size
         rng = np.random.default_rng(seed)
         allowed = frozenset(ALL_PAIRS if pairs is None else (tuple(p) for p in pairs))
         # A change is visible in the second whose text names it: a shape that appears is there
@@ -73,7 +81,7 @@ class Scene:
         self.texts: List[str] = []  # its sentence ("" for nothing)
         shapes: List[Shape] = []
         for _ in range(seconds):
-            event = self._event(rng, shapes, allowed)
+            event = self._event(rng, shapes, allowed, max_objects)
             self.events.append(event)
             self.texts.append(narrate(event) if event else "")
             self.keyframes.append([Shape(**vars(s)) for s in shapes])
@@ -84,7 +92,8 @@ class Scene:
                     shape.x = min(max(shape.x, 0.1), 0.9)
 
     @staticmethod
-    def _event(rng, shapes: List[Shape], allowed: frozenset = frozenset(ALL_PAIRS)) -> Optional[Event]:
+    def _event(rng, shapes: List[Shape], allowed: frozenset = frozenset(ALL_PAIRS),
+               max_objects: int = MAX_OBJECTS) -> Optional[Event]:
         # The draws (their number and order) are those of every bag written so far: with all
         # pairs allowed `free` is never empty, so a seed's bag and text do not change.
         if rng.random() < 0.45:
@@ -92,7 +101,7 @@ class Scene:
         names = {s.name for s in shapes}
         free = [(c, k) for c in COLORS for k in SHAPES if (c, k) in allowed and f"{c} {k}" not in names]
         choice = rng.random()
-        if (not shapes or choice < 0.35) and len(shapes) < MAX_OBJECTS and free:
+        if (not shapes or choice < 0.35) and len(shapes) < max_objects and free:
             color, kind = free[rng.integers(len(free))]
             side = rng.integers(2)
             shape = Shape(color, kind, 0.15 if side == 0 else 0.85, rng.uniform(0.25, 0.75),
@@ -121,7 +130,7 @@ class Scene:
         image = np.empty((height, width, 3), dtype=np.uint8)
         image[:] = (35, 38, 45)
         image[:, :, 2] = np.linspace(45, 110, width, dtype=np.uint8)[None, :]
-        size = max(6, min(height, width) // 7)
+        size = self.shape_size or max(6, min(height, width) // 7)
         for shape in self.keyframes[second]:
             cx = int(np.clip(shape.x + shape.speed * fraction, 0.05, 0.95) * width)
             cy = int(shape.y * height)
@@ -187,10 +196,12 @@ def allowed_pairs(only: Optional[Iterable[Pair]] = None,
 def write_synthetic_bag(out: Path, seconds: int, storage: str = "mcap", compressed: bool = False,
                         cameras: int = 1, fps: float = 10.0, height: int = 240, width: int = 320,
                         seed: int = 0, encoding: str = "rgb8", only_pairs: Optional[Iterable[Pair]] = None,
-                        exclude_pairs: Optional[Iterable[Pair]] = None) -> Dict[str, Scene]:
+                        exclude_pairs: Optional[Iterable[Pair]] = None, max_objects: int = MAX_OBJECTS,
+                        shape_size: Optional[int] = None) -> Dict[str, Scene]:
     """Write the bag, its reference and its truth; returns each camera topic's scene.
 
-    `only_pairs` / `exclude_pairs`: draw objects only from / from all but these colour-shape pairs."""
+    `only_pairs` / `exclude_pairs`: draw objects only from / from all but these colour-shape pairs;
+    `max_objects`, `shape_size`: as in Scene."""
     pairs = allowed_pairs(only_pairs, exclude_pairs)
     if seconds < 1 or cameras < 1 or fps <= 0:
         raise ValueError(f"need --seconds >= 1, --cameras >= 1 and --fps > 0 (got {seconds}, {cameras}, {fps})")
@@ -202,7 +213,8 @@ def write_synthetic_bag(out: Path, seconds: int, storage: str = "mcap", compress
         raise FileExistsError(f"{out} already exists; remove it or choose another path")
     store = typestore()
     topics = camera_topics(cameras, compressed)
-    scenes = {topic: Scene(seconds, seed * 1000 + k, pairs) for k, topic in enumerate(topics)}
+    scenes = {topic: Scene(seconds, seed * 1000 + k, pairs, max_objects, shape_size)
+              for k, topic in enumerate(topics)}
     msgtype = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
     if storage == "ros1":
         writer = Ros1Writer(out)
@@ -274,6 +286,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--encoding", default="rgb8", choices=["rgb8", "bgr8"], help="raw image encoding")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-objects", type=int, default=MAX_OBJECTS,
+                        help="at most this many shapes in view at once (1: the easiest scenes)")
+    parser.add_argument("--shape-size", type=int, default=None, metavar="PX",
+                        help="the shapes' size in pixels (default: a seventh of the shorter side)")
     pairs = parser.add_mutually_exclusive_group()
     pairs.add_argument("--only-pairs", default=None, metavar="COLOUR:SHAPE,...",
                        help="draw every object from these colour-shape pairs (a held-out bag), "
@@ -288,7 +304,8 @@ def run(args: argparse.Namespace) -> int:
     only = parse_pairs(args.only_pairs, "--only-pairs") if args.only_pairs is not None else None
     exclude = parse_pairs(args.exclude_pairs, "--exclude-pairs") if args.exclude_pairs is not None else None
     write_synthetic_bag(out, args.seconds, args.storage, args.compressed, args.cameras, args.fps,
-                        args.height, args.width, args.seed, args.encoding, only, exclude)
+                        args.height, args.width, args.seed, args.encoding, only, exclude, args.max_objects,
+                        args.shape_size)
     jsonl, vtt = reference_paths(out)
     print(f"wrote {out} ({args.storage}, {args.cameras} camera(s), {args.seconds} s at {args.fps:g} fps), "
           f"its reference {jsonl}, {vtt.parent / (vtt.stem.split('.reference')[0] + '.reference*.vtt')} "
