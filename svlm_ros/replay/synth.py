@@ -71,7 +71,7 @@ class Scene:
             raise ValueError(f"--max-objects must be 1 to {len(ALL_PAIRS)}, got {max_objects}")
         if shape_size is not None and shape_size < 4:
             raise ValueError(f"--shape-size must be at least 4 pixels, got {shape_size}")
-        self.max_objects, self.shape_size = max_objects, shape_size
+        self.shape_size = shape_size
         rng = np.random.default_rng(seed)
         allowed = frozenset(ALL_PAIRS if pairs is None else (tuple(p) for p in pairs))
         # A change is visible in the second whose text names it: a shape that appears is there
