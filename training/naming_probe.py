@@ -6,7 +6,7 @@ a recipe that fails here fails in `training/narrator.sh` too, in minutes instead
 Every `--eval-every` steps it prints, on fresh held-out samples:
 
 - colour / shape: the model's argmax among the scene's colours (shapes) at the word's position,
-  teacher-forced (chance is about 0.25 / 0.33; a constant answer scores the majority's share);
+  teacher-forced, against a constant answer's score (the held-out majority's share, printed first);
 - hidden probe: a least-squares read of the colour from the final hidden state at that position
   (fit on two thirds of the held-out samples, scored on the rest): whether the colour is still
   *in* the model, whether or not its head reads it out.
@@ -155,6 +155,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     probe = Probe(args)
+    colours = [event.color for _, event in probe.test]
+    shapes = [event.shape for _, event in probe.test]
+    print(f"constant answer (the held-out majority): colour {max(map(colours.count, colours)) / len(colours):.2f}  "
+          f"shape {max(map(shapes.count, shapes)) / len(shapes):.2f}", flush=True)
     rng = np.random.default_rng(args.seed)
     start, recent = time.monotonic(), []
     for step in range(1, args.steps + 1):
