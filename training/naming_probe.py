@@ -111,12 +111,8 @@ class Probe:
         for built, event in self.test:
             inputs = to_inputs(built, torch.device("cpu"))
             colour_at, shape_at = self.word_positions(built)
-            embeds = model.get_input_embeddings()(inputs["tokens"])
-            pooled = model.get_video_features(inputs["pixel_values"], inputs["grid_thw"]).pooler_output
-            features = torch.cat(list(pooled), 0) if isinstance(pooled, (list, tuple)) else pooled
-            embeds = embeds.index_copy(0, inputs["video_slots"], features)
-            states = model.get_decoder()(inputs_embeds=embeds[None], position_ids=inputs["positions"][:, None, :],
-                                         use_cache=False).last_hidden_state[0]
+            states = self.loss.hidden_states(inputs["tokens"], inputs["positions"], inputs["pixel_values"],
+                                             inputs["grid_thw"], inputs["video_slots"])
             logits = model.get_output_embeddings()(states[[colour_at - 1, shape_at - 1]])
             colour_right += self.colour_ids[int(logits[0, self.colour_ids].argmax())] == built.tokens[colour_at]
             shape_right += self.shape_ids[int(logits[1, self.shape_ids].argmax())] == built.tokens[shape_at]

@@ -63,6 +63,13 @@ class WindowLoss(torch.nn.Module):
         self.train_vision = train_vision
 
     def forward(self, tokens, positions, targets, label_index, pixel_values=None, grid_thw=None, video_slots=None):
+        hidden = self.hidden_states(tokens, positions, pixel_values, grid_thw, video_slots)
+        # The head only where a label follows: hidden state i predicts token i + 1.
+        logits = self.core.get_output_embeddings()(hidden.index_select(0, label_index - 1))
+        return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+    def hidden_states(self, tokens, positions, pixel_values=None, grid_thw=None, video_slots=None):
+        """The decoder's final hidden state at every position, the vision features in the video pads."""
         core = self.core
         embeds = core.get_input_embeddings()(tokens)
         if pixel_values is not None:
@@ -73,11 +80,8 @@ class WindowLoss(torch.nn.Module):
             if features.shape[0] != video_slots.shape[0]:
                 raise RuntimeError(f"{features.shape[0]} vision features for {video_slots.shape[0]} video pads")
             embeds = embeds.index_copy(0, video_slots, features.to(embeds.dtype))
-        hidden = core.get_decoder()(inputs_embeds=embeds[None], position_ids=positions[:, None, :],
-                                    use_cache=False).last_hidden_state[0]
-        # The head only where a label follows: hidden state i predicts token i + 1.
-        logits = core.get_output_embeddings()(hidden.index_select(0, label_index - 1))
-        return F.cross_entropy(logits.float(), targets, reduction="sum")
+        return core.get_decoder()(inputs_embeds=embeds[None], position_ids=positions[:, None, :],
+                                  use_cache=False).last_hidden_state[0]
 
 
 def to_inputs(built: Built, device: torch.device) -> Dict[str, torch.Tensor]:
