@@ -1,4 +1,5 @@
-"""The `svlm` command: describe-video, node, bench, replay, synth-bag, eval, judge, recall."""
+"""The `svlm` command: describe-video, node, bench, replay, synth-bag, perturb-bag, eval, judge, recall, and the
+training commands."""
 from __future__ import annotations
 
 import argparse
@@ -22,12 +23,14 @@ def main(argv=None) -> int:
     bench.add_arguments(commands.add_parser(
         "bench", help="per-second latency and memory of streaming vs recompute, full and rerotate"))
     commands.add_parser("node", help="run the ROS 2 node (takes --ros-args ...)")
-    from .replay import run as replay, synth
+    from .replay import perturb, run as replay, synth
 
     replay.add_arguments(commands.add_parser(
         "replay", help="describe rosbags through the node's code path; write descriptions, a bag and a report"))
     synth.add_arguments(commands.add_parser(
         "synth-bag", help="write a rosbag of moving shapes with known per-second reference text"))
+    perturb.add_arguments(commands.add_parser(
+        "perturb-bag", help="copy a bag with its frames' red and blue swapped or delayed (does the score see them?)"))
     from .replay import evaluate
 
     evaluate.add_eval_arguments(commands.add_parser(
@@ -47,6 +50,7 @@ def main(argv=None) -> int:
     train.add_arguments(commands.add_parser(
         "train", help="fine-tune on a built dataset (overlapped-chunk SFT; see training/README.md)"))
     runners = {"build-dataset": build_dataset.run, "label": label.run, "train": train.run, "describe-video": describe.run, "bench": bench.run, "replay": replay.run, "synth-bag": synth.run,
+               "perturb-bag": perturb.run,
                "eval": evaluate.run_eval, "judge": evaluate.run_judge, "recall": recall.run}
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
