@@ -360,6 +360,29 @@ def test_short_training_lowers_the_loss_and_the_checkpoint_streams_in_replay(dat
     assert len(lines) >= 3
 
 
+def test_windows_in_one_forward_train_as_the_same_windows_accumulated(dataset, tmp_path):
+    """per_device_batch_size windows in one forward (one embedding lookup, one head product) ==
+    as many forwards of one window accumulated: the same losses and the same weights."""
+    from training.train import Trainer
+
+    runs = {}
+    for name, batch, accumulate in (("forward", 3, 1), ("accumulated", 1, 3), ("mixed", 3, 2)):
+        trainer = Trainer(train_config(dataset, tmp_path / name, max_steps=3, per_device_batch_size=batch,
+                                       gradient_accumulation_steps=accumulate, freeze_vision=False))
+        trainer.train()
+        losses = [float(line.split(",")[2]) for line in (tmp_path / name / "log.csv").read_text().splitlines()[1:]]
+        runs[name] = (losses, weights(trainer), trainer.global_batch)
+    (one, a, three), (many, b, also_three) = runs["forward"], runs["accumulated"]
+    assert three == also_three == 3 and runs["mixed"][2] == 6
+    np.testing.assert_allclose(one, many, rtol=1e-5)
+    for name in a:
+        # A key's bias moves every score of a query alike, so softmax leaves it no gradient but
+        # rounding, which Adam scales up toward a whole step: its tolerance is wider.
+        atol = 1e-5 if "k_proj.bias" in name else 1e-6
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=atol, msg=name)
+    assert one[-1] < one[0] and runs["mixed"][0] != one  # six windows a step are another run
+
+
 def test_two_processes_match_one_with_the_same_global_batch(dataset, tmp_path):
     """Data parallel (gloo on CPU, as torchrun launches it) == one process accumulating twice."""
     import os

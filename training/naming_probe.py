@@ -95,7 +95,7 @@ class Probe:
         for _ in range(self.args.batch):  # the loss of one step averages `batch` samples
             built, _ = self.train[rng.integers(len(self.train))]
             inputs = to_inputs(built, torch.device("cpu"))
-            loss = self.loss(**inputs) / len(inputs["targets"]) / self.args.batch
+            loss = self.loss([inputs]) / len(inputs["targets"]) / self.args.batch
             loss.backward()
             total += loss.item()
         torch.nn.utils.clip_grad_norm_(self.loaded.model.parameters(), 1.0)

@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -52,9 +52,9 @@ STATE_FILE = "trainer_state.json"
 
 # ----- the model's forward for one window --------------------------------------------------------
 class WindowLoss(torch.nn.Module):
-    """Summed cross-entropy of one window's labels, through the model's public forward.
+    """Summed cross-entropy of the labels of one forward's windows, through the model's public forward.
 
-    Wrapping the model in one module lets DDP and DeepSpeed see a single forward per window
+    Wrapping the model in one module lets DDP and DeepSpeed see a single forward per micro step
     (their gradient hooks and parameter gathering hang on it)."""
 
     def __init__(self, core: torch.nn.Module, train_vision: bool):
@@ -62,16 +62,27 @@ class WindowLoss(torch.nn.Module):
         self.core = core
         self.train_vision = train_vision
 
-    def forward(self, tokens, positions, targets, label_index, pixel_values=None, grid_thw=None, video_slots=None):
-        hidden = self.hidden_states(tokens, positions, pixel_values, grid_thw, video_slots)
+    def forward(self, windows: Sequence[Dict[str, torch.Tensor]]) -> torch.Tensor:
+        """`windows`: `to_inputs` of each (per_device_batch_size of them). Each window is decoded on its
+        own (its own causal pass, its own positions); the embedding lookup and the head run once over
+        all of them, so the dense gradient of the 152k-row (tied) matrix is made once per forward, not
+        once per window: on a small model that gradient is most of a window's backward."""
+        core = self.core
+        sizes = [len(w["tokens"]) for w in windows]
+        embeds = core.get_input_embeddings()(torch.cat([w["tokens"] for w in windows])).split(sizes)
         # The head only where a label follows: hidden state i predicts token i + 1.
-        logits = self.core.get_output_embeddings()(hidden.index_select(0, label_index - 1))
-        return F.cross_entropy(logits.float(), targets, reduction="sum")
+        states = [self._decode(e, w["positions"], w.get("pixel_values"), w.get("grid_thw"), w.get("video_slots"))
+                  .index_select(0, w["label_index"] - 1) for e, w in zip(embeds, windows)]
+        logits = core.get_output_embeddings()(torch.cat(states))
+        return F.cross_entropy(logits.float(), torch.cat([w["targets"] for w in windows]), reduction="sum")
 
     def hidden_states(self, tokens, positions, pixel_values=None, grid_thw=None, video_slots=None):
-        """The decoder's final hidden state at every position, the vision features in the video pads."""
+        """The decoder's final hidden state at every position of one window, the vision features in its
+        video pads."""
+        return self._decode(self.core.get_input_embeddings()(tokens), positions, pixel_values, grid_thw, video_slots)
+
+    def _decode(self, embeds, positions, pixel_values, grid_thw, video_slots):
         core = self.core
-        embeds = core.get_input_embeddings()(tokens)
         if pixel_values is not None:
             with torch.set_grad_enabled(self.train_vision and torch.is_grad_enabled()):
                 output = core.get_video_features(pixel_values.to(embeds.dtype), grid_thw)
@@ -201,7 +212,10 @@ class Trainer:
                              f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); set model.device: "
                              "cpu (or auto) to train on the CPU, or run on a machine with a GPU")
         cpu = requested == "cpu" or not torch.cuda.is_available()
-        self.micro_steps = config.per_device_batch_size * config.gradient_accumulation_steps
+        # A micro step is one forward of per_device_batch_size windows; a process does
+        # gradient_accumulation_steps of them per optimizer step.
+        self.micro_steps = config.gradient_accumulation_steps
+        self.process_batch = config.per_device_batch_size * config.gradient_accumulation_steps
         self.accelerator = Accelerator(cpu=cpu, gradient_accumulation_steps=self.micro_steps,
                                        mixed_precision=_mixed_precision(config, "cpu" if cpu else "cuda"))
         set_seed(config.seed)
@@ -211,7 +225,7 @@ class Trainer:
         if not len(self.dataset):
             raise ValueError(f"{config.data} has no samples; its report.json says what build-dataset skipped and why")
         self._split()
-        self.global_batch = self.world * self.micro_steps
+        self.global_batch = self.world * self.process_batch
         if config.max_steps is not None:
             self.total_steps = config.max_steps
         else:
@@ -232,9 +246,10 @@ class Trainer:
         plugin = getattr(acc.state, "deepspeed_plugin", None)
         if plugin is not None:
             # No data loader goes through accelerate (each process reads its own samples), so
-            # DeepSpeed's "auto" batch values are filled here: one window per forward.
+            # DeepSpeed's "auto" batch values are filled here: per_device_batch_size windows per forward.
             plugin.deepspeed_config.update({
-                "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": self.micro_steps,
+                "train_micro_batch_size_per_gpu": config.per_device_batch_size,
+                "gradient_accumulation_steps": self.micro_steps,
                 "train_batch_size": self.global_batch, "gradient_clipping": config.max_grad_norm or 0.0})
         self.module, self.optimizer = acc.prepare(self.module, self.optimizer)
         # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper would
@@ -349,7 +364,7 @@ class Trainer:
         batch = global_order(len(self.train_indices), step * self.global_batch, (step + 1) * self.global_batch,
                              self.config.seed)
         rank = self.accelerator.process_index
-        return batch[rank * self.micro_steps:(rank + 1) * self.micro_steps]
+        return batch[rank * self.process_batch:(rank + 1) * self.process_batch]
 
     def train(self, stop_at: Optional[int] = None) -> Dict:
         """Run to the last step (or `stop_at`, to simulate an interruption); returns the last losses."""
@@ -387,10 +402,10 @@ class Trainer:
                 grad_norm = None
                 lr = self.scheduler.get_last_lr()[0]  # this step's rate (the scheduler moves on below)
                 for _ in range(self.micro_steps):
-                    built = next(loader)
+                    windows = [to_inputs(next(loader), acc.device) for _ in range(config.per_device_batch_size)]
                     with acc.accumulate(self.module):
                         with acc.autocast():
-                            summed = self.module(**to_inputs(built, acc.device))
+                            summed = self.module(windows)
                         acc.backward(summed * scale)
                         loss_sum += summed.detach()
                         if acc.sync_gradients:
@@ -437,7 +452,7 @@ class Trainer:
         labels = torch.zeros((), device=acc.device)
         for built in self._loader(mine):
             with acc.autocast():
-                total += self.module(**to_inputs(built, acc.device)).float()
+                total += self.module([to_inputs(built, acc.device)]).float()
             labels += built.label_count
         self.module.train()
         return (acc.reduce(total, "sum") / acc.reduce(labels, "sum").clamp(min=1)).item()
