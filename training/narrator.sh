@@ -3,8 +3,10 @@
 # (three colour-shape pairs held out of every training bag) -> dataset -> train `narrator-random`
 # on CPU twice, once seeing the frames (grounded) and once with every frame blanked (video-blind)
 # -> replay two held-out bags (one of only the held-out pairs, one of new seeds) with the untrained
-# model, the video-blind and the grounded one (all with the real frames) -> the grounded score
-# against the scenes' truth, and the grounded-minus-blind difference with 95% intervals.
+# model, the video-blind and the grounded one (all with the real frames), and the grounded one again
+# with the frames' red and blue swapped and with the frames 2 s late (`svlm perturb-bag`) -> the
+# grounded score against the scenes' truth, and the differences (grounded - blind, perturbed -
+# real) with 95% intervals.
 #
 #   training/narrator.sh [WORK_DIR]      (default runs/narrator)
 #
@@ -19,7 +21,7 @@ TRAIN_BAGS=${TRAIN_BAGS:-20}
 SECONDS_PER_BAG=${BAG_SECONDS:-60}
 HELDOUT_SECONDS=${HELDOUT_SECONDS:-60}
 HOLDOUT=${HOLDOUT:-red:triangle,green:circle,blue:square}
-EPOCHS=${EPOCHS:-7}  # 254 steps of 16 windows: about 14 min per model on 2 cores
+EPOCHS=${EPOCHS:-15}  # 544 steps of 16 windows: about 14 min per model, the two side by side on 2 cores
 # The scene's easiest stage: one shape in view at a time, 56 px in 168x112 frames (28 px, 2x2
 # patches, in the 84x56 the narrator sees), as `make demo`'s camera shows it.
 SCENE=(--max-objects "${MAX_OBJECTS:-1}" --shape-size "${SHAPE_SIZE:-56}")
@@ -71,35 +73,56 @@ trap - EXIT
 stamp
 
 echo "== 4. replay the held-out bags (real frames) with the untrained, video-blind and grounded models"
-for run in untrained blind grounded; do
-  model=narrator-random; [ "$run" = untrained ] || model="$WORK/train_$run/model"
+replay() {  # RUN MODEL BAG...
+  local run=$1 model=$2; shift 2
   if [ ! -e "$WORK/replay_$run/.done" ]; then  # a fleet run: one folder per bag in it
     rm -rf "$WORK/replay_$run"
-    "$SVLM" --log-level WARNING replay "$WORK/heldout/heldout_novel" "$WORK/heldout/heldout_seen" \
-      --out "$WORK/replay_$run" --model "$model" --device cpu --params "$PARAMS" \
-      --seed 0 --thumbnails 4 >/dev/null
+    "$SVLM" --log-level WARNING replay "$@" --out "$WORK/replay_$run" --model "$model" --device cpu \
+      --params "$PARAMS" --seed 0 --thumbnails 4 >/dev/null
     touch "$WORK/replay_$run/.done"
   fi
   echo "   $run done"; stamp
+}
+HELDOUT=(heldout_novel heldout_seen)
+for run in untrained blind grounded; do
+  model=narrator-random; [ "$run" = untrained ] || model="$WORK/train_$run/model"
+  replay "$run" "$model" "${HELDOUT[@]/#/$WORK/heldout/}"
+done
+# Does the score see the pixels? The grounded model on the same bags with red and blue swapped, and
+# with every frame 2 s late (stamps and truth unchanged): colour, and timing, must be lost.
+for change in swapped:--swap-red-blue late:--delay=2; do
+  name=${change%%:*}
+  mkdir -p "$WORK/heldout_$name"
+  for bag in "${HELDOUT[@]}"; do
+    [ -e "$WORK/heldout_$name/$bag" ] || "$SVLM" --log-level WARNING perturb-bag "$WORK/heldout/$bag" \
+      "$WORK/heldout_$name/$bag" "${change#*:}" >/dev/null
+  done
+  replay "grounded_$name" "$WORK/train_grounded/model" "${HELDOUT[@]/#/$WORK/heldout_$name/}"
 done
 
 echo "== 5. grounded score against the scenes' truth (both held-out bags pooled)"
-for run in untrained blind grounded; do
+RUNS="untrained blind grounded grounded_swapped grounded_late"
+for run in $RUNS; do
   "$SVLM" --log-level WARNING eval "$WORK/replay_$run" --no-semantic >/dev/null
 done
-"$PY" - "$WORK" <<'PY'
+"$PY" - "$WORK" $RUNS <<'PY'
 import json, sys
 from pathlib import Path
-work = Path(sys.argv[1])
+work, runs = Path(sys.argv[1]), sys.argv[2:]
 names = ("color_accuracy", "shape_accuracy", "object_accuracy", "action_accuracy", "side_accuracy", "event_f1",
          "silence_agreement")
 print("| model | " + " | ".join(n.replace("_accuracy", "") for n in names) + " |")
 print("|---" * (len(names) + 1) + "|")
-for run in ("untrained", "blind", "grounded"):
+for run in runs:
     g = json.loads((work / f"replay_{run}" / "summary.json").read_text()).get("grounded") or {}
     print(f"| {run} | " + " | ".join("-" if g.get(n) is None else f"{g[n]:.2f}" for n in names) + " |")
 PY
-echo "-- grounded vs video-blind (B - A, paired bootstrap over seconds, 95% intervals)"
-"$SVLM" --log-level WARNING eval "$WORK/replay_blind" "$WORK/replay_grounded" --no-semantic --out "$WORK/compare" \
-  | sed -n '/^Grounded/,$p'
+compare() {  # A B TITLE
+  echo "-- $3 (B - A, paired bootstrap over seconds, 95% intervals)"
+  "$SVLM" --log-level WARNING eval "$WORK/replay_$1" "$WORK/replay_$2" --no-semantic --out "$WORK/compare_$2" \
+    | sed -n '/^Grounded/,$p'
+}
+compare blind grounded "grounded vs video-blind"
+compare grounded grounded_swapped "red and blue swapped vs the real frames (grounded model)"
+compare grounded grounded_late "frames 2 s late vs the real frames (grounded model)"
 stamp
