@@ -9,6 +9,7 @@ against the truth.
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from sensor_msgs.msg import Image
 from svlm_ros.msg import Description
 
 from .engine.models import RANDOM_MODELS
-from .replay.synth import Scene
+from .replay.synth import Scene, background
 from .sources.stamps import to_seconds
 
 DEMO_SECONDS = float(os.environ.get("DEMO_SECONDS", "20"))
@@ -37,20 +38,29 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class DemoCamera(Node):
+    """Publishes the scene and prints each description beside what the scene did in its second.
+
+    The node cuts its windows from the first frame it receives, which the camera cannot know, so the
+    scene waits for the node: the empty frame until the first description, then the script from
+    the next whole window on, so that each window holds exactly one second of the script."""
+
     def __init__(self):
         super().__init__("demo_camera")
         self.publisher = self.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
         self.subscription = self.create_subscription(Description, "/svlm/description", self.on_description, 10)
         self.timer = self.create_timer(1.0 / CAMERA_HZ, self.publish_frame)
         self.scene = Scene(SCENE_SECONDS, seed=int(time.time()) % 100_000, max_objects=1, shape_size=SHAPE_SIZE)
-        self.started = None  # the first frame's stamp: scene time 0
+        self.empty = background(HEIGHT, WIDTH)
+        self.scene_start = None  # sensor time of the scene's second 0: a window boundary of the node
         self.received = 0
 
     def publish_frame(self):
         now = self.get_clock().now()
-        if self.started is None:
-            self.started = now.nanoseconds * 1e-9
-        frame = self.scene.frame((now.nanoseconds * 1e-9 - self.started) % SCENE_SECONDS, HEIGHT, WIDTH)
+        t = now.nanoseconds * 1e-9
+        if self.scene_start is None or t < self.scene_start:
+            frame = self.empty
+        else:
+            frame = self.scene.frame((t - self.scene_start) % SCENE_SECONDS, HEIGHT, WIDTH)
         msg = Image(height=HEIGHT, width=WIDTH, encoding="rgb8", step=WIDTH * 3, data=frame.tobytes())
         msg.header.stamp = now.to_msg()
         msg.header.frame_id = "demo_camera"
@@ -59,11 +69,17 @@ class DemoCamera(Node):
     def on_description(self, msg: Description):
         self.received += 1
         start, end = to_seconds(msg.window_start), to_seconds(msg.window_end)
+        if self.scene_start is None:  # the first whole window still to come
+            now = self.get_clock().now().nanoseconds * 1e-9
+            self.scene_start = end + max(1, math.ceil(now - end))
+        second = int(round(start - self.scene_start))
         text = "(silent)" if msg.silent else msg.text
-        second = int(round(start - self.started)) % SCENE_SECONDS if self.started is not None else -1
-        truth = self.scene.texts[second] if second >= 0 else ""
+        if second < 0:
+            truth = "(the scene has not started)"
+        else:
+            truth = self.scene.texts[second % SCENE_SECONDS] or "(nothing new)"
         print(f"#{msg.index:<3} [{start % 1000:8.2f}-{end % 1000:8.2f}s] latency {msg.latency:5.2f}s "
-              f"cache {msg.cache_tokens:5d} | {text:<40} | truth: {truth or '(nothing new)'}", flush=True)
+              f"cache {msg.cache_tokens:5d} | {text:<40} | truth: {truth}", flush=True)
 
 
 def main() -> int:

@@ -127,9 +127,7 @@ class Scene:
         """The RGB frame at t seconds: each second's shapes, moved by their speed within it."""
         second = min(int(t), len(self.keyframes) - 1)
         fraction = t - second
-        image = np.empty((height, width, 3), dtype=np.uint8)
-        image[:] = (35, 38, 45)
-        image[:, :, 2] = np.linspace(45, 110, width, dtype=np.uint8)[None, :]
+        image = background(height, width)
         size = self.shape_size or max(6, min(height, width) // 7)
         for shape in self.keyframes[second]:
             cx = int(np.clip(shape.x + shape.speed * fraction, 0.05, 0.95) * width)
@@ -144,6 +142,14 @@ class Scene:
                                    [cx + size // 2, cy + size // 2]], dtype=np.int32)
                 cv2.fillPoly(image, [points], color)
         return image
+
+
+def background(height: int, width: int) -> np.ndarray:
+    """The scenes' empty frame (RGB): dark grey, bluer to the right."""
+    image = np.empty((height, width, 3), dtype=np.uint8)
+    image[:] = (35, 38, 45)
+    image[:, :, 2] = np.linspace(45, 110, width, dtype=np.uint8)[None, :]
+    return image
 
 
 def camera_topics(cameras: int, compressed: bool) -> List[str]:
