@@ -129,7 +129,7 @@ def _perturbed(msg, time_ns: int, perturbation: Perturbation, line: _DelayLine):
         image = line.push(time_ns, image)
     if hasattr(msg, "format"):  # CompressedImage: PNG stays PNG, anything else becomes JPEG
         png = "png" in msg.format.lower()
-        ok, data = cv2.imencode(".png" if png else ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        _, data = cv2.imencode(".png" if png else ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         return replace(msg, format=msg.format if png else "jpeg", data=np.frombuffer(data.tobytes(), np.uint8))
     encoding = msg.encoding if msg.encoding in ("rgb8", "bgr8") else "rgb8"
     pixels = image if encoding == "rgb8" else image[:, :, ::-1]
@@ -139,7 +139,7 @@ def _perturbed(msg, time_ns: int, perturbation: Perturbation, line: _DelayLine):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bag", help="the bag to copy (rosbag2 mcap/sqlite3, or a ROS 1 .bag)")
-    parser.add_argument("out", help="the perturbed copy to write (a rosbag2 MCAP directory)")
+    parser.add_argument("out", help="the perturbed copy to write (a rosbag2 MCAP directory; a .bag for a ROS 1 bag)")
     parser.add_argument("--swap-red-blue", action="store_true",
                         help="exchange every frame's red and blue channels (colour accuracy must fall)")
     parser.add_argument("--delay", type=float, default=0.0, metavar="SECONDS",
@@ -150,11 +150,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     perturbation = Perturbation(args.swap_red_blue, args.delay)
     counts = perturb_bag(Path(args.bag), Path(args.out), perturbation)  # svlm's main reports its errors
-    what = " and ".join(filter(None, ("red and blue swapped" if perturbation.swap_red_blue else "",
-                                      f"frames {perturbation.delay_seconds:g} s late" if perturbation.delay_seconds
-                                      else "")))
+    changes = (["red and blue swapped"] if perturbation.swap_red_blue else []) + \
+        ([f"{perturbation.delay_seconds:g} s late"] if perturbation.delay_seconds else [])
+    undecodable = f", {counts['undecodable']} undecodable frame(s) copied as they were" if counts["undecodable"] else ""
     reference = find_sidecar(Path(args.out))
-    print(f"wrote {args.out}: {counts['frames']} frame(s) with {what}, {counts['other']} other message(s) "
-          f"copied{', ' + str(counts['undecodable']) + ' undecodable frame(s) copied as they were' if counts['undecodable'] else ''}"
-          f"{'; sidecars copied (' + reference.name + ', ...)' if reference else ''}")
+    sidecars = f"; its sidecars beside it ({reference.name}, ...)" if reference else ""
+    print(f"wrote {args.out}: {counts['frames']} frame(s) {' and '.join(changes)}, {counts['other']} other "
+          f"message(s) copied{undecodable}{sidecars}")
     return 0
