@@ -50,7 +50,7 @@ CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 
 
-# ----- the model's forward for one window --------------------------------------------------------
+# ----- the model's forward for a micro step's windows ---------------------------------------------
 class WindowLoss(torch.nn.Module):
     """Summed cross-entropy of the labels of one forward's windows, through the model's public forward.
 
