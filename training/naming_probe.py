@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import List, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -27,26 +27,27 @@ import torch
 from svlm_ros.config import ModelConfig
 from svlm_ros.engine.models import load_model
 from svlm_ros.replay import grounded
-from svlm_ros.replay.synth import Scene
+from svlm_ros.replay.synth import Pair, Scene, allowed_pairs, parse_pairs
 from training.samples import IGNORE, Built, SequenceBuilder
 from training.train import WindowLoss, to_inputs
 
 CAMERA_HEIGHT, CAMERA_WIDTH = 112, 168  # the narrator's synthetic camera (narrator.sh)
 
 
-def appearing_second(seed: int, shape_size: int) -> Scene:
-    """The first scene from `seed` on whose first second one shape appears."""
+def appearing_second(seed: int, shape_size: int, pairs: Optional[Sequence[Pair]] = None) -> Scene:
+    """The first scene from `seed` on whose first second one shape (of `pairs`, None: any) appears."""
     for candidate in range(seed * 1000, seed * 1000 + 1000):
-        scene = Scene(2, candidate, max_objects=1, shape_size=shape_size)
+        scene = Scene(2, candidate, pairs=pairs, max_objects=1, shape_size=shape_size)
         if scene.events[0] is not None:
             return scene
     raise RuntimeError(f"no scene from seed {seed} starts with an event")
 
 
-def build_samples(builder: SequenceBuilder, seeds: range, shape_size: int) -> List[Tuple[Built, object]]:
+def build_samples(builder: SequenceBuilder, seeds: range, shape_size: int,
+                  pairs: Optional[Sequence[Pair]] = None) -> List[Tuple[Built, object]]:
     samples = []
     for seed in seeds:
-        scene = appearing_second(seed, shape_size)
+        scene = appearing_second(seed, shape_size, pairs)
         frames = [scene.frame(t, CAMERA_HEIGHT, CAMERA_WIDTH) for t in (0.0, 0.5)]
         meta = {"previous_ids": [], "stream_start": True,
                 "seconds": [{"start_s": 0.0, "end_s": 1.0, "text": scene.texts[0]}]}
@@ -66,8 +67,14 @@ class Probe:
         self.builder = SequenceBuilder(tokenizer, engine, self.loaded.time_step(2.0), self.loaded.normalization)
         self.colour_ids = [tokenizer.encode(" " + c)[0] for c in grounded.COLORS]
         self.shape_ids = [tokenizer.encode(" " + s)[0] for s in grounded.SHAPES]
-        self.train = build_samples(self.builder, range(args.samples), args.shape_size)
-        self.test = build_samples(self.builder, range(100_000, 100_000 + args.test_samples), args.shape_size)
+        held_out = parse_pairs(args.holdout, "--holdout") if args.holdout else None
+        seen = allowed_pairs(exclude=held_out) if held_out else None
+        self.train = build_samples(self.builder, range(args.samples), args.shape_size, seen)
+        test_seeds = range(100_000, 100_000 + args.test_samples)
+        # Held-out samples of the training pairs (new seeds); with --holdout also of pairs never trained on.
+        self.tests = {"seen": build_samples(self.builder, test_seeds, args.shape_size, seen)}
+        if held_out:
+            self.tests["novel"] = build_samples(self.builder, test_seeds, args.shape_size, held_out)
         model = self.loaded.model
         model.train()
         self.loss = WindowLoss(model, train_vision=args.vision_lr_scale > 0)
@@ -91,24 +98,22 @@ class Probe:
 
     def step(self, rng: np.random.Generator) -> float:
         self.optimizer.zero_grad()
-        total = 0.0
-        for _ in range(self.args.batch):  # the loss of one step averages `batch` samples
-            built, _ = self.train[rng.integers(len(self.train))]
-            inputs = to_inputs(built, torch.device("cpu"))
-            loss = self.loss([inputs]) / len(inputs["targets"]) / self.args.batch
-            loss.backward()
-            total += loss.item()
+        # `batch` samples in one forward, their labels' mean loss: as training.train takes a step
+        windows = [to_inputs(self.train[i][0], torch.device("cpu"))
+                   for i in rng.integers(len(self.train), size=self.args.batch)]
+        loss = self.loss(windows) / sum(len(w["targets"]) for w in windows)
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(self.loaded.model.parameters(), 1.0)
         self.optimizer.step()
-        return total
+        return loss.item()
 
     @torch.no_grad()
-    def evaluate(self) -> Tuple[float, float, float]:
+    def evaluate(self, samples) -> Tuple[float, float, float]:
         model = self.loaded.model
         model.eval()
         colour_right = shape_right = 0
         hidden, colours = [], []
-        for built, event in self.test:
+        for built, event in samples:
             inputs = to_inputs(built, torch.device("cpu"))
             colour_at, shape_at = self.word_positions(built)
             states = self.loss.hidden_states(inputs["tokens"], inputs["positions"], inputs["pixel_values"],
@@ -119,7 +124,7 @@ class Probe:
             hidden.append(states[colour_at - 1].numpy())
             colours.append(grounded.COLORS.index(event.color))
         model.train()
-        count = len(self.test)
+        count = len(samples)
         return colour_right / count, shape_right / count, hidden_probe(np.stack(hidden), np.array(colours))
 
 
@@ -145,24 +150,31 @@ def main(argv=None) -> int:
                         help="the vision tower's rate as a multiple of --learning-rate (0: frozen)")
     parser.add_argument("--pixels", type=int, default=4704, help="frame pixels after resizing (4704: 56x84)")
     parser.add_argument("--shape-size", type=int, default=28, help="shape size in the 112x168 camera frame")
+    parser.add_argument("--holdout", default="",
+                        help="COLOUR:SHAPE pairs kept out of training and scored apart (e.g. red:triangle,green:circle)")
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     probe = Probe(args)
-    colours = [event.color for _, event in probe.test]
-    shapes = [event.shape for _, event in probe.test]
-    print(f"constant answer (the held-out majority): colour {max(map(colours.count, colours)) / len(colours):.2f}  "
-          f"shape {max(map(shapes.count, shapes)) / len(shapes):.2f}", flush=True)
+    for name, samples in probe.tests.items():
+        colours = [event.color for _, event in samples]
+        shapes = [event.shape for _, event in samples]
+        print(f"{name}: constant answer (the held-out majority): colour "
+              f"{max(map(colours.count, colours)) / len(colours):.2f}  "
+              f"shape {max(map(shapes.count, shapes)) / len(shapes):.2f}", flush=True)
     rng = np.random.default_rng(args.seed)
     start, recent = time.monotonic(), []
     for step in range(1, args.steps + 1):
         recent = (recent + [probe.step(rng)])[-args.eval_every:]
         if step % args.eval_every == 0 or step == args.steps:
-            colour, shape, hidden = probe.evaluate()
-            print(f"step {step:5d}  loss {np.mean(recent):.3f}  colour {colour:.2f}  shape {shape:.2f}  "
-                  f"hidden probe {hidden:.2f}  {time.monotonic() - start:.0f} s", flush=True)
+            scores = []
+            for name, samples in probe.tests.items():
+                colour, shape, hidden = probe.evaluate(samples)
+                scores.append(f"{name}: colour {colour:.2f} shape {shape:.2f} hidden {hidden:.2f}")
+            print(f"step {step:5d}  loss {np.mean(recent):.3f}  {'  '.join(scores)}  "
+                  f"{time.monotonic() - start:.0f} s", flush=True)
     return 0
 
 
