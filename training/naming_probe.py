@@ -11,7 +11,13 @@ Every `--eval-every` steps it prints, on fresh held-out samples:
   (fit on two thirds of the held-out samples, scored on the rest): whether the colour is still
   *in* the model, whether or not its head reads it out.
 
+With `--holdout COLOUR:SHAPE,...` those pairs never reach training, and each score is given twice:
+`seen` (new seeds of the trained pairs) and `novel` (the held-out pairs): does it name a shape in a
+colour it never saw that shape in?
+
     .venv/bin/python -m training.naming_probe --batch 16 --learning-rate 5e-4 --steps 300
+    .venv/bin/python -m training.naming_probe --pixels 18816 --shape-size 56 --samples 600 --steps 500 \
+        --holdout red:triangle,green:circle,blue:square     # the narrator's frames and held-out pairs
 
 training/README.md ("Does it see?") records what it measured.
 """
