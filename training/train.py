@@ -95,6 +95,15 @@ class WindowLoss(torch.nn.Module):
                                   use_cache=False).last_hidden_state[0]
 
 
+def _tied_head_notice(record: logging.LogRecord) -> bool:
+    """False for accelerate's warning, at every checkpoint, that it left `lm_head.weight` out. With tied
+    embeddings that tensor is the embedding matrix, saved under its own name and tied again on load
+    (test_resume_gives_the_same_weights_as_one_run compares every weight); the warning would only
+    repeat itself every `save_every` steps."""
+    message = record.getMessage()
+    return not ("Removed shared tensor" in message and "lm_head.weight" in message)
+
+
 def to_inputs(built: Built, device: torch.device) -> Dict[str, torch.Tensor]:
     label_index = np.flatnonzero(built.labels != IGNORE)
     inputs = {
@@ -299,6 +308,8 @@ class Trainer:
         core.train()
         self.core = core
         self.module = WindowLoss(core, train_vision=not config.freeze_vision)
+        if core.get_output_embeddings().weight is core.get_input_embeddings().weight:
+            logging.getLogger("accelerate.utils.other").addFilter(_tied_head_notice)
         trainable = sum(p.numel() for p in core.parameters() if p.requires_grad)
         total = sum(p.numel() for p in core.parameters())
         log.info("training %.1fM of %.1fM parameters (%s)", trainable / 1e6, total / 1e6,
