@@ -255,8 +255,28 @@ def test_the_easy_stage_keeps_one_object_in_view_and_draws_it_at_the_size_asked(
         assert in_view in (0, 1)
 
 
+def test_a_faster_scene_is_the_same_script_with_every_speed_scaled(tmp_path):
+    slow, fast = Scene(200, 4, max_objects=1), Scene(200, 4, max_objects=1, speed_scale=3)
+    assert fast.events == slow.events and fast.texts == slow.texts
+    pairs = [(a.speed, b.speed) for k in range(200) for a, b in zip(slow.keyframes[k], fast.keyframes[k])]
+    assert any(a for a, _ in pairs)
+    assert all(abs(b) == pytest.approx(3 * abs(a)) for a, b in pairs)  # an edge's bounce flips the sign only
+    second, shape = next((k, shapes[0]) for k, shapes in enumerate(fast.keyframes)
+                         if shapes and shapes[0].speed and 0.3 < shapes[0].x < 0.7)
+    # What the camera shows: in half a second the shape moves speed / 2 of the width.
+    centres = [np.flatnonzero((fast.frame(second + t, 112, 168) == synth.COLORS[shape.color]).all(axis=2)
+                              .any(axis=0)).mean() for t in (0.0, 0.5)]
+    assert centres[1] - centres[0] == pytest.approx(shape.speed / 2 * 168, abs=1.5)
+    bag = tmp_path / "fast"
+    assert cli.main(["synth-bag", str(bag), "--seconds", "20", "--fps", "1", "--width", "32", "--height", "24",
+                     "--max-objects", "1", "--speed-scale", "3", "--seed", "4"]) == 0
+    assert [e for e in grounded.load_truth(truth_path(bag))["/cam0/image_raw"].values()] == \
+        Scene(20, 4000, max_objects=1).events
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--only-pairs", "purple:circle"], "'purple:circle' is not COLOUR:SHAPE"),
+    (["--speed-scale", "0"], "--speed-scale must be above 0 and at most 10"),
     (["--only-pairs", "red"], "'red' is not COLOUR:SHAPE"),
     (["--exclude-pairs", ",".join(f"{c}:{k}" for c, k in ALL_PAIRS)], "leaves no colour-shape pair"),
     (["--max-objects", "0"], "--max-objects must be 1 to 12"),

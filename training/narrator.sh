@@ -12,7 +12,7 @@
 #
 # Resumable: a step whose output exists is skipped (an interrupted training resumes from its last
 # checkpoint); remove WORK_DIR to start over. TRAIN_BAGS, BAG_SECONDS, HELDOUT_SECONDS, HOLDOUT
-# (COLOUR:SHAPE,...), MAX_OBJECTS, SHAPE_SIZE and EPOCHS override the sizes; extra `svlm train --set`
+# (COLOUR:SHAPE,...), MAX_OBJECTS, SHAPE_SIZE, SPEED_SCALE and EPOCHS override the sizes; extra `svlm train --set`
 # values go in TRAIN_SET. The grounded and then the blind run train with all the cores each (on 2 cores one
 # run with 2 threads takes 1.0 s a step, two side by side with one each 1.7 s: one after the other is faster).
 set -euo pipefail
@@ -25,7 +25,7 @@ HOLDOUT=${HOLDOUT:-red:triangle,green:circle,blue:square}
 EPOCHS=${EPOCHS:-24}  # 870 steps of 16 windows: about 15 min per model on 2 cores
 # The scene's easiest stage: one shape in view at a time, 56 px in 168x112 frames (28 px, 2x2
 # patches, in the 84x56 the narrator sees), as `make demo`'s camera shows it.
-SCENE=(--max-objects "${MAX_OBJECTS:-1}" --shape-size "${SHAPE_SIZE:-56}")
+SCENE=(--max-objects "${MAX_OBJECTS:-1}" --shape-size "${SHAPE_SIZE:-56}" --speed-scale "${SPEED_SCALE:-1}")
 CONFIG=training/configs/narrator_cpu.yaml
 PY=${PY:-.venv/bin/python}
 SVLM=${SVLM:-.venv/bin/svlm}
