@@ -42,6 +42,7 @@ START_NS = 1_763_740_800 * 1_000_000_000  # 2025-11-21 16:00 UTC: sensor stamps 
 COLORS = dict(zip(grounded.COLORS, ((220, 40, 40), (40, 190, 70), (50, 90, 230), (235, 210, 40))))
 SHAPES = grounded.SHAPES
 MAX_OBJECTS = 3
+SPEEDS = (0.04, 0.09)  # a moving shape's speed is drawn from this range (fractions of the width a second)
 Pair = Tuple[str, str]  # (colour, shape)
 ALL_PAIRS: Tuple[Pair, ...] = tuple((c, k) for c in COLORS for k in SHAPES)
 
@@ -107,7 +108,7 @@ class Scene:
             color, kind = free[rng.integers(len(free))]
             side = rng.integers(2)
             shape = Shape(color, kind, 0.15 if side == 0 else 0.85, rng.uniform(0.25, 0.75),
-                          (1 if side == 0 else -1) * rng.uniform(0.04, 0.09) * speed_scale)
+                          (1 if side == 0 else -1) * rng.uniform(*SPEEDS) * speed_scale)
             shapes.append(shape)
             return Event("appears", color, kind, "left" if side == 0 else "right")
         if not shapes:
@@ -117,7 +118,7 @@ class Scene:
             shapes.remove(shape)
             return Event("leaves", shape.color, shape.kind)
         if shape.speed == 0:
-            shape.speed = rng.choice([-1, 1]) * rng.uniform(0.04, 0.09) * speed_scale
+            shape.speed = rng.choice([-1, 1]) * rng.uniform(*SPEEDS) * speed_scale
             return Event("starts_moving", shape.color, shape.kind, "right" if shape.speed > 0 else "left")
         if choice < 0.8:
             shape.speed = 0.0
@@ -299,8 +300,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape-size", type=int, default=None, metavar="PX",
                         help="the shapes' size in pixels (default: a seventh of the shorter side)")
     parser.add_argument("--speed-scale", type=float, default=1.0, metavar="X",
-                        help="the shapes move X times as fast (the same events; default 1: 4-9%% of the "
-                             "width a second)")
+                        help="the shapes move X times as fast (the same events; default 1: "
+                             f"{SPEEDS[0] * 100:g}-{SPEEDS[1] * 100:g}%% of the width a second)")
     pairs = parser.add_mutually_exclusive_group()
     pairs.add_argument("--only-pairs", default=None, metavar="COLOUR:SHAPE,...",
                        help="draw every object from these colour-shape pairs (a held-out bag), "
