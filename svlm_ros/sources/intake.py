@@ -95,9 +95,18 @@ class FrameIntake:
     def feed_lazy(self, stamp_s: float, load: Callable[[], object],
                   convert: Callable[[object], np.ndarray] = to_rgb) -> List[str]:
         """`feed` for a message that is costly to get (deserialized on demand): `load()` returns it,
-        `convert` makes it an RGB frame (a video's frames are already)."""
+        `convert` makes it an RGB frame (a video's frames are already).
+
+        A frame is counted in `stats.frames` once it is handled, its window (if it closed one)
+        queued: whoever waits for a count of frames then finds every window they closed."""
+        try:
+            return self._feed(stamp_s, load, convert)
+        finally:
+            with self.lock:
+                self.stats.frames += 1
+
+    def _feed(self, stamp_s: float, load: Callable[[], object], convert: Callable[[object], np.ndarray]) -> List[str]:
         with self.lock:
-            self.stats.frames += 1
             self.stats.last_frame_wall = time.monotonic()
             warnings = self._check_stamp(stamp_s)
             if warnings is not None:
