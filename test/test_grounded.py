@@ -95,6 +95,14 @@ def test_the_scorer_counts_exactly_what_its_docstring_says():
     assert overall["event_f1"] == pytest.approx(4 / 11)
     assert overall["silence_agreement"] == 5 / 7
     assert overall["uncovered_seconds"] == 1
+    # by the truth's action, in ACTIONS order: one event second each here
+    by_action = overall["by_action"]
+    assert list(by_action) == ["appears", "leaves", "starts_moving", "stops", "turns"]
+    assert [by_action[a]["spoken"] for a in by_action] == [1.0, 1.0, 1.0, 1.0, 0.0]  # turns: silent
+    assert by_action["stops"]["color_accuracy"] == 0.0 and by_action["stops"]["shape_accuracy"] == 1.0
+    assert by_action["starts_moving"]["action_accuracy"] == 1.0 and by_action["starts_moving"]["side_accuracy"] == 0.0
+    assert by_action["leaves"]["event_recall"] == 1.0 and by_action["turns"]["event_recall"] == 0.0
+    assert sum(v["counts"]["event_seconds"] for v in by_action.values()) == overall["counts"]["event_seconds"]
     assert cameras[CAMERA]["counts"] == overall["counts"]
     by_second = {s.second: s.counts() for s in seconds}
     assert by_second[1]["fp"] == 1 and by_second[1]["run_spoken_truth_quiet"] == 1
@@ -371,3 +379,4 @@ def test_eval_of_a_fleet_adds_each_bags_grounded_figures(tmp_path):
     assert summary["grounded"]["event_f1"] == 1.0 and summary["grounded"]["counts"]["seconds"] == 120
     table = (fleet / "summary.md").read_text()
     assert "Grounded, against each bag's truth" in table and "| all bags (pooled) | " in table
+    assert "By the truth's action" in table and summary["grounded"]["by_action"]["appears"]["spoken"] == 1.0

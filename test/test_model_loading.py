@@ -2,6 +2,7 @@
 import json
 import uuid
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,3 +46,50 @@ def test_unsupported_model_type_is_named(tmp_path):
 def test_not_a_model_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_model(ModelConfig(model=str(tmp_path), device="cpu"))
+
+
+def test_the_narrators_patch_embedding_sees_motion_and_form_apart_from_colour():
+    """narrator-random's structured stem (engine.models.PatchStem): its motion filters are zero (but for rounding)
+    where the second's two frames agree and not where a shape moved; its form filters give one shape nearly the
+    same output in red as in green (equal channel sums), its colour filters do not."""
+    from svlm_ros.engine.frames import preprocess_frames
+    from svlm_ros.engine.models import random_stem
+    from svlm_ros.replay.synth import Scene
+
+    loaded = load_model(ModelConfig(model="narrator-random", device="cpu", dtype="float32"))
+    patch_embedding = loaded.model.model.visual.patch_embed
+    stem = random_stem("narrator-random")
+    filters = patch_embedding.proj.weight.shape[0]
+    motion = stem.motion_filters(filters)
+    form = slice(0, motion.start)
+
+    def embed(frames):
+        patches = preprocess_frames(frames, 4704, 4704, loaded.normalization).pixel_values
+        with torch.no_grad():
+            return patch_embedding(torch.from_numpy(patches))
+
+    scene = Scene(30, seed=3, max_objects=1, shape_size=56)
+    moving = next(s for s in range(30) if scene.keyframes[s] and scene.keyframes[s][0].speed != 0)
+    still = embed([scene.frame(moving, 112, 168)] * 2)
+    moved = embed([scene.frame(moving, 112, 168), scene.frame(moving + 0.5, 112, 168)])
+    assert still[:, motion].abs().max() < 1e-3 * moved[:, motion].abs().max()  # zero but for rounding
+    assert moved[:, motion].abs().max() > 2 * moved[:, form].abs().mean()  # a 2-px sliver, as loud as form
+
+    square = np.zeros((112, 168, 3), np.uint8)
+    red, green = square.copy(), square.copy()
+    red[30:80, 50:100] = (200, 50, 50)
+    green[30:80, 50:100] = (50, 200, 50)
+    red_out, green_out = embed([red, red]), embed([green, green])
+
+    def apart(filters):  # how far red is from green, against the output's size
+        return float((red_out[:, filters] - green_out[:, filters]).norm() / red_out[:, filters].norm())
+
+    # Form filters sum the normalized channels, whose CLIP scales differ by a few per cent.
+    assert apart(form) < 0.05 and apart(slice(motion.stop, filters)) > 0.2
+
+
+def test_random_models_without_a_stem_are_unchanged():
+    """tiny-random keeps the plain random patch embedding (its streams are what the engine tests pin)."""
+    from svlm_ros.engine.models import random_stem
+
+    assert random_stem("tiny-random") is None and random_stem("narrator-random") is not None

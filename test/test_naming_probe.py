@@ -37,3 +37,31 @@ def test_the_probe_scores_the_colour_and_shape_words_of_each_scene_and_trains():
     assert any(not np.array_equal(a.numpy(), b.detach().numpy()) for a, b in zip(before, probe.loaded.model.parameters()))
     colour, shape, hidden = probe.evaluate(probe.tests["novel"])
     assert all(0.0 <= x <= 1.0 for x in (colour, shape, hidden))
+
+
+def test_the_feature_read_scores_balanced_accuracy_and_labels_each_second_as_the_scene_drew_it():
+    """training/feature_read.py: a class that is linearly there reads at 1.0, noise near chance (balanced:
+    a majority answer scores 1 / classes however lopsided the classes); every second's classes are its
+    shape's colour, kind, and whether and which way it moves."""
+    from svlm_ros.config import ModelConfig
+    from svlm_ros.engine.models import load_model
+    from svlm_ros.replay import grounded
+    from svlm_ros.replay.synth import Scene
+    from training.feature_read import balanced_read, scene_features
+
+    rng = np.random.default_rng(0)
+    classes = rng.permutation(np.r_[np.zeros(150, int), rng.integers(1, 3, 50)])  # three in four are class 0
+    coded = rng.normal(size=(200, 8)) * 0.1
+    coded[np.arange(200), classes] += 1.0
+    assert balanced_read(coded[:120], classes[:120], coded[120:], classes[120:], ridge=1.0) == 1.0
+    noise = rng.normal(size=(200, 8))
+    assert balanced_read(noise[:120], classes[:120], noise[120:], classes[120:], ridge=1.0) < 0.6
+
+    loaded = load_model(ModelConfig(model="tiny-random", device="cpu", dtype="float32"))
+    features, labels = scene_features(loaded, [3], None, pixels=4704, seconds=12, shape_size=56, label="test")
+    scene = Scene(12, 3, max_objects=1, shape_size=56)
+    shapes = [s[0] for s in scene.keyframes if s]
+    assert len(features) == len(labels) == len(shapes) and features.shape[1] == 6 * 64  # 6 tokens of 64
+    for shape, (colour, kind, moving, direction) in zip(shapes, labels):
+        assert (grounded.COLORS[colour], grounded.SHAPES[kind]) == (shape.color, shape.kind)
+        assert moving == (shape.speed != 0) and direction == (0 if not shape.speed else 1 if shape.speed > 0 else 2)

@@ -34,6 +34,13 @@ MODEL_CLASSES = {
     "qwen2_vl": Qwen2VLForConditionalGeneration,
 }
 
+# The synthetic narrator's dimensions: wide enough in vision to tell four colours and three shapes
+# apart in a few 14-px patches, small enough to train on 2 CPU cores in minutes.
+NARRATOR = dict(
+    text=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, mrope_section=[4, 6, 6]),
+    vision=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, fullatt_block_indexes=[1]),
+)
 # Random-weight models with the real Qwen tokenizer and vocabulary: machinery, never quality.
 RANDOM_MODELS = {
     "tiny-random": dict(
@@ -41,13 +48,10 @@ RANDOM_MODELS = {
                   num_key_value_heads=2, mrope_section=[2, 3, 3]),
         vision=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, fullatt_block_indexes=[1]),
     ),
-    # The synthetic narrator (training/narrator.sh): wide enough in vision to tell four colours and
-    # three shapes apart in a few 14-px patches, small enough to train on 2 CPU cores in minutes.
-    "narrator-random": dict(
-        text=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, mrope_section=[4, 6, 6]),
-        vision=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, fullatt_block_indexes=[1]),
-    ),
+    # The synthetic narrator (training/narrator.sh), its patch embedding random with a structure
+    # (`PatchStem`) that makes motion a feature; `-plain` is it without, the comparison of its probes.
+    "narrator-random": dict(NARRATOR, stem=dict(form=0.25, motion=0.25, motion_gain=15.0)),
+    "narrator-random-plain": NARRATOR,
     # About 43M parameters (tied embeddings): the CPU benchmark model.
     "small-random": dict(
         text=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
@@ -55,6 +59,46 @@ RANDOM_MODELS = {
         vision=dict(depth=4, hidden_size=128, intermediate_size=256, num_heads=2, fullatt_block_indexes=[3]),
     ),
 }
+
+
+@dataclass(frozen=True)
+class PatchStem:
+    """A random patch embedding with a structure, for a random model that must see motion.
+
+    The vision tower's first layer is a linear filter over a patch of the second's two frames
+    (Conv3d over channels x 2 frames x 14 x 14). Random, a shape moving 2-4 px between the frames
+    changes its output by a sliver beside the shape itself, and a read of moving against still
+    from the tower's features is at the majority's rate (training/README.md, "Does it see?").
+    Structured: a `form` share of the filters sees luminance (one random spatial filter, equal over
+    the three channels) summed over the two frames; a `motion` share sees luminance's change
+    between the frames (the same filter, minus on the first, plus on the second), times
+    `motion_gain`, so a still patch gives exactly zero there and a moving edge dominates; the
+    rest sees colour (random over channels and space, equal over the two frames). Every filter
+    stays random in space, and nothing in it names a colour, a shape or a direction."""
+
+    form: float
+    motion: float
+    motion_gain: float
+
+    def apply(self, patch_embedding: torch.nn.Conv3d, generator: torch.Generator) -> None:
+        weight = patch_embedding.weight  # (filters, channels, frames, height, width)
+        filters, channels, frames = weight.shape[:3]
+        form, motion = round(filters * self.form), round(filters * self.motion)
+        if frames != 2 or form + motion > filters:
+            raise ValueError(f"a PatchStem needs 2 frames per patch and form + motion <= 1; got {frames} frames, "
+                             f"form {self.form}, motion {self.motion}")
+        change = torch.tensor([-1.0, 1.0]).view(1, 1, 2, 1, 1)
+        with torch.no_grad():
+            scale = float(weight.std())  # the random initialisation's own scale
+            spatial = torch.randn(form + motion, 1, 1, *weight.shape[3:], generator=generator) * scale
+            colour = torch.randn(filters - form - motion, channels, 1, *weight.shape[3:], generator=generator) * scale
+            weight[:form] = spatial[:form].expand(-1, channels, frames, -1, -1)
+            weight[form:form + motion] = (spatial[form:] * change * self.motion_gain).expand(-1, channels, -1, -1, -1)
+            weight[form + motion:] = colour.expand(-1, -1, frames, -1, -1)
+
+    def motion_filters(self, filters: int) -> slice:
+        form = round(filters * self.form)
+        return slice(form, form + round(filters * self.motion))
 
 
 @dataclass
@@ -158,6 +202,12 @@ def random_config(name_or_path: str, tokenizer) -> Qwen2_5_VLConfig:
     return Qwen2_5_VLConfig.from_dict(data)
 
 
+def random_stem(name: str) -> Optional[PatchStem]:
+    """The structured patch embedding of a random preset, if it has one."""
+    stem = RANDOM_MODELS.get(name, {}).get("stem")
+    return PatchStem(**stem) if stem else None
+
+
 def _vision_token_ids(tokenizer) -> dict:
     names = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
              "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}
@@ -219,6 +269,9 @@ def _load_random(cfg: ModelConfig, device, dtype, attention) -> LoadedModel:
     torch.manual_seed(cfg.seed)
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration(config)
+    stem = random_stem(cfg.model)
+    if stem is not None:
+        stem.apply(model.model.visual.patch_embed.proj, torch.Generator().manual_seed(cfg.seed))
     model = model.to(dtype=dtype).eval()
     log.info("built random-weight %s model (%.1fM parameters) on %s as %s; its words are meaningless",
              cfg.random_config or cfg.model, sum(p.numel() for p in model.parameters()) / 1e6, device, dtype)

@@ -253,7 +253,7 @@ def evaluate_fleet(directory: Path, spec: Optional[str], window_s: float = 10.0,
     summary = {"shard": None, "merged_from": merged_from, "reference": spec, "window_s": window_s,
                "bags": list(by_name.values()), "quality": quality.aggregate(pooled) if pooled else None}
     if pooled_seconds:
-        summary["grounded"] = grounded.aggregate(pooled_seconds)
+        summary["grounded"] = {**grounded.aggregate(pooled_seconds), "by_action": grounded.by_action(pooled_seconds)}
     (directory / "summary.json").write_text(json.dumps(summary, indent=2))
     (directory / "summary.md").write_text(_summary_markdown(summary))
     return summary
@@ -284,6 +284,15 @@ def _grounded_summary_markdown(summary: Dict) -> str:
     lines = ["", "Grounded, against each bag's truth (svlm_ros/replay/grounded.py):", "",
              "| bag | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     lines += [f"| {name} | " + " | ".join(_fmt(values.get(c)) for c in columns) + " |" for name, values in rows]
+    actions = pooled.get("by_action") or {}
+    if actions:
+        columns = ["event_seconds", "spoken", "color_accuracy", "shape_accuracy", "action_accuracy", "side_accuracy",
+                   "event_recall"]
+        lines += ["", "By the truth's action (all bags pooled; the event seconds of each):", "",
+                  "| action | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+        lines += [f"| {action} | " + " | ".join(_fmt({**values, "event_seconds": values["counts"]["event_seconds"]}
+                                                     .get(c)) for c in columns) + " |"
+                  for action, values in actions.items()]
     return "\n".join(lines) + "\n"
 
 

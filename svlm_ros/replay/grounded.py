@@ -51,6 +51,8 @@ Overall (any set of seconds: a camera, a run, several bags, a bootstrap draw) fr
 counts: `<x>_accuracy` = x_right / event_seconds (side: / sided_seconds); `event_precision` =
 tp / (tp + fp), `event_recall` = tp / (tp + fn), `event_f1` = 2 tp / (2 tp + fp + fn);
 `silence_agreement` = agreeing seconds / seconds. A ratio with nothing to count is None.
+`by_action` gives the same figures over the event seconds of each of the truth's actions (with
+`spoken`, the share of them in which the run said anything): appearances and motion apart.
 """
 from __future__ import annotations
 
@@ -345,11 +347,24 @@ def aggregate(seconds: Sequence[Second]) -> Dict:
     return {**metrics_from_counts(total), "counts": total}
 
 
+def by_action(seconds: Sequence[Second]) -> Dict[str, Dict]:
+    """The figures of the event seconds of each action of the truth, in ACTIONS order (those it has):
+    where a narrator fails. `spoken` is the share of those seconds in which the run said anything."""
+    figures = {}
+    for action in ACTIONS:
+        mine = [s for s in seconds if s.truth is not None and s.truth.action == action]
+        if mine:
+            figures[action] = aggregate(mine)
+            figures[action]["spoken"] = figures[action]["counts"]["both_spoken"] / len(mine)
+    return figures
+
+
 def evaluate(records: Sequence[Dict], truth: Truth, bag: str = "",
              camera: Optional[str] = None) -> Tuple[Dict, Dict[str, Dict], List[Second]]:
     """(overall, per camera, seconds) of one run against its truth."""
     seconds = score_run(records, truth, bag, camera)
-    overall = {**aggregate(seconds), "uncovered_seconds": uncovered(records, truth, camera)}
+    overall = {**aggregate(seconds), "uncovered_seconds": uncovered(records, truth, camera),
+               "by_action": by_action(seconds)}
     cameras = {name: aggregate([s for s in seconds if s.camera == name])
                for name in sorted({s.camera for s in seconds})}
     return overall, cameras, seconds
