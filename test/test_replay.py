@@ -220,8 +220,11 @@ def test_ctrl_c_leaves_valid_outputs(tmp_path):
     write_synthetic_bag(bag, 120, "mcap", height=48, width=64, fps=4)
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Started as from a terminal: a suite run in the background of a script (`make test &`) has SIGINT
+    # ignored, which its children inherit, and Python then raises no KeyboardInterrupt at all.
     process = subprocess.Popen([sys.executable, "-m", "svlm_ros.cli", "replay", str(bag), "--out", str(out), *FAST],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     descriptions = out / "descriptions.jsonl"
     try:
         # Interrupt once three windows are on disk: an event in the data, not a guess at timing,
