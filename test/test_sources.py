@@ -186,7 +186,8 @@ def test_a_frame_is_counted_once_its_window_is_ready():
         assert finish.wait(30)
         return np.zeros((8, 8, 3), np.uint8)
 
-    closing = threading.Thread(target=intake.feed_lazy, args=(100.0 + frames.window_seconds, lambda: None, slow_convert))
+    closing = threading.Thread(target=intake.feed_lazy,
+                               args=(100.0 + frames.window_seconds, lambda: None, slow_convert))
     closing.start()
     try:
         assert converting.wait(30)

@@ -28,8 +28,7 @@ from svlm_ros.engine.session import vision_features
 from svlm_ros.progress import progress
 from svlm_ros.replay import grounded
 from svlm_ros.replay.synth import Pair, Scene, allowed_pairs, parse_pairs
-
-CAMERA_HEIGHT, CAMERA_WIDTH = 112, 168  # the narrator's synthetic camera (narrator.sh)
+from training.naming_probe import CAMERA_HEIGHT, CAMERA_WIDTH
 READS = ("colour", "shape", "moving", "direction")
 
 

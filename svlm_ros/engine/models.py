@@ -72,7 +72,7 @@ class PatchStem:
     Structured: a `form` share of the filters sees luminance (one random spatial filter, equal over
     the three channels) summed over the two frames; a `motion` share sees luminance's change
     between the frames (the same filter, minus on the first, plus on the second), times
-    `motion_gain`, so a still patch gives exactly zero there and a moving edge dominates; the
+    `motion_gain`, so a still patch gives zero there and a moving edge dominates; the
     rest sees colour (random over channels and space, equal over the two frames). Every filter
     stays random in space, and nothing in it names a colour, a shape or a direction."""
 
@@ -83,20 +83,22 @@ class PatchStem:
     def apply(self, patch_embedding: torch.nn.Conv3d, generator: torch.Generator) -> None:
         weight = patch_embedding.weight  # (filters, channels, frames, height, width)
         filters, channels, frames = weight.shape[:3]
-        form, motion = round(filters * self.form), round(filters * self.motion)
-        if frames != 2 or form + motion > filters:
+        motion = self.motion_filters(filters)
+        if frames != 2 or motion.stop > filters:
             raise ValueError(f"a PatchStem needs 2 frames per patch and form + motion <= 1; got {frames} frames, "
                              f"form {self.form}, motion {self.motion}")
         change = torch.tensor([-1.0, 1.0]).view(1, 1, 2, 1, 1)
+        patch = weight.shape[3:]
         with torch.no_grad():
             scale = float(weight.std())  # the random initialisation's own scale
-            spatial = torch.randn(form + motion, 1, 1, *weight.shape[3:], generator=generator) * scale
-            colour = torch.randn(filters - form - motion, channels, 1, *weight.shape[3:], generator=generator) * scale
-            weight[:form] = spatial[:form].expand(-1, channels, frames, -1, -1)
-            weight[form:form + motion] = (spatial[form:] * change * self.motion_gain).expand(-1, channels, -1, -1, -1)
-            weight[form + motion:] = colour.expand(-1, -1, frames, -1, -1)
+            spatial = torch.randn(motion.stop, 1, 1, *patch, generator=generator) * scale
+            colour = torch.randn(filters - motion.stop, channels, 1, *patch, generator=generator) * scale
+            weight[:motion.start] = spatial[:motion.start].expand(-1, channels, frames, -1, -1)
+            weight[motion] = (spatial[motion] * change * self.motion_gain).expand(-1, channels, -1, -1, -1)
+            weight[motion.stop:] = colour.expand(-1, -1, frames, -1, -1)
 
     def motion_filters(self, filters: int) -> slice:
+        """Which of `filters` see the change between the frames (the form filters come before them)."""
         form = round(filters * self.form)
         return slice(form, form + round(filters * self.motion))
 
