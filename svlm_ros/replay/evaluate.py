@@ -281,19 +281,21 @@ def _grounded_summary_markdown(summary: Dict) -> str:
     pooled = summary["grounded"]
     rows.append(("all bags (pooled)", {**pooled, "event_seconds": pooled["counts"]["event_seconds"]}))
     columns = ["event_seconds"] + list(grounded.METRICS)
-    lines = ["", "Grounded, against each bag's truth (svlm_ros/replay/grounded.py):", "",
-             "| bag | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    lines += [f"| {name} | " + " | ".join(_fmt(values.get(c)) for c in columns) + " |" for name, values in rows]
-    actions = pooled.get("by_action") or {}
+    lines = ["", "Grounded, against each bag's truth (svlm_ros/replay/grounded.py):", ""]
+    lines += _table("bag", columns, rows)
+    actions = [(action, {**values, "event_seconds": values["counts"]["event_seconds"]})
+               for action, values in (pooled.get("by_action") or {}).items()]
     if actions:
-        columns = ["event_seconds", "spoken", "color_accuracy", "shape_accuracy", "action_accuracy", "side_accuracy",
-                   "event_recall"]
-        lines += ["", "By the truth's action (all bags pooled; the event seconds of each):", "",
-                  "| action | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-        lines += [f"| {action} | " + " | ".join(_fmt({**values, "event_seconds": values["counts"]["event_seconds"]}
-                                                     .get(c)) for c in columns) + " |"
-                  for action, values in actions.items()]
+        lines += ["", "By the truth's action (all bags pooled; the event seconds of each):", ""]
+        lines += _table("action", ["event_seconds", "spoken", "color_accuracy", "shape_accuracy", "action_accuracy",
+                                   "side_accuracy", "event_recall"], actions)
     return "\n".join(lines) + "\n"
+
+
+def _table(first: str, columns: List[str], rows) -> List[str]:
+    """A markdown table: `first` names each row, then its values of `columns`."""
+    lines = [f"| {first} | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    return lines + [f"| {name} | " + " | ".join(_fmt(values.get(c)) for c in columns) + " |" for name, values in rows]
 
 
 def _fmt(value) -> str:
