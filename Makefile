@@ -24,7 +24,7 @@ bench-gpu: setup
 	$(VENV)/bin/svlm bench --config config/qwen2_5_vl_7b.json --device cuda --dtype bfloat16 \
 		--width 1280 --height 720 --seconds 1800 --baseline-seconds 120 --out bench-gpu-out
 
-# The synthetic narrator loop (training/README.md, "Does it see?"): about 40 min on 2 CPU cores;
+# The synthetic narrator loop (training/README.md, "Does it see?"): about 30 min on 2 CPU cores;
 # resumable. It trains a grounded and a video-blind model and scores both against the scenes' truth.
 narrator: setup
 	training/narrator.sh $(or $(WORK),runs/narrator)

@@ -37,6 +37,7 @@ def test_the_probe_scores_the_colour_and_shape_words_of_each_scene_and_trains():
     assert any(not np.array_equal(a.numpy(), b.detach().numpy()) for a, b in zip(before, probe.loaded.model.parameters()))
     colour, shape, hidden = probe.evaluate(probe.tests["novel"])
     assert all(0.0 <= x <= 1.0 for x in (colour, shape, hidden))
+    assert 0.0 <= probe.shape_after_other_colour_words(probe.tests["novel"]) <= 1.0
 
 
 def test_the_feature_read_scores_balanced_accuracy_and_labels_each_second_as_the_scene_drew_it():

@@ -124,6 +124,34 @@ class TrainConfig:
 
 
 @dataclass
+class VisionStageConfig:
+    """The synthetic narrator's vision stage (training/vision_stage.py): its vision tower trained on
+    the scenes' truth before the decoder learns to narrate; the `vision_stage:` section of a config."""
+
+    model: str = "narrator-random"  # the random model whose tower it trains (its decoder is left as it is)
+    scenes: int = 200  # one-shape synthetic scenes it draws its seconds from
+    scene_seconds: int = 40
+    shape_size: int = 56  # in the camera's 112x168 frame, as narrator.sh's bags
+    # Most shapes in a random hue no sentence names (farther than min_hue_distance in RGB from every
+    # named colour): a triangle is then a triangle in any colour, not the colours it comes in.
+    random_hue_share: float = 0.8
+    min_hue_distance: float = 90.0
+    steps: int = 1000
+    batch_size: int = 64  # seconds a step
+    learning_rate: float = 1.0e-3
+    seed: int = 0
+
+    def validate(self) -> "VisionStageConfig":
+        if min(self.scenes, self.scene_seconds, self.steps, self.batch_size, self.shape_size) < 1:
+            raise ValueError("vision_stage: scenes, scene_seconds, steps, batch_size and shape_size must be >= 1")
+        if not 0 <= self.random_hue_share <= 1:
+            raise ValueError(f"vision_stage.random_hue_share must be in [0, 1], got {self.random_hue_share}")
+        if self.learning_rate <= 0 or self.min_hue_distance < 0:
+            raise ValueError("vision_stage: learning_rate must be > 0 and min_hue_distance >= 0")
+        return self
+
+
+@dataclass
 class LabelConfig:
     """The teacher of `svlm label` (training/label.py): what it is asked about each second, and how.
 
@@ -251,7 +279,8 @@ def checked(value, hint, key: str):
 
 
 def load_train_config(path: str, overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
-    """A TrainConfig from YAML; `dataset:` holds the DatasetConfig the builder used (ignored here)."""
+    """A TrainConfig from YAML; `dataset:` holds the DatasetConfig the builder used and `vision_stage:`
+    the narrator's vision stage (both ignored here)."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"training config {path} does not exist; see training/configs/ for examples")
@@ -260,6 +289,7 @@ def load_train_config(path: str, overrides: Optional[Dict[str, Any]] = None) -> 
     except yaml.YAMLError as error:
         raise ValueError(f"training config {path} is not valid YAML: {error}") from None
     values.pop("dataset", None)
+    values.pop("vision_stage", None)
     for name, value in (overrides or {}).items():
         target = values
         *parents, leaf = name.split(".")

@@ -13,11 +13,15 @@ Every `--eval-every` steps it prints, on fresh held-out samples:
 
 With `--holdout COLOUR:SHAPE,...` those pairs never reach training, and each score is given twice:
 `seen` (new seeds of the trained pairs) and `novel` (the held-out pairs): does it name a shape in a
-colour it never saw that shape in?
+colour it never saw that shape in? At the last step it also scores the shape with the sentence's colour
+word replaced by each other colour: whether the colour word, not the frames, decides the shape.
+`--steps 0 --model DIR` scores a trained narrator as it is.
 
     .venv/bin/python -m training.naming_probe --batch 16 --learning-rate 5e-4 --steps 300
     .venv/bin/python -m training.naming_probe --pixels 18816 --shape-size 56 --samples 600 --steps 500 \
         --holdout red:triangle,green:circle,blue:square     # the narrator's frames and held-out pairs
+    .venv/bin/python -m training.naming_probe --model runs/narrator/train_grounded/model --steps 0 \
+        --shape-size 56 --holdout red:triangle,green:circle,blue:square   # the trained narrator
 
 training/README.md ("Does it see?") records what it measured.
 """
@@ -133,6 +137,29 @@ class Probe:
         count = len(samples)
         return colour_right / count, shape_right / count, hidden_probe(np.stack(hidden), np.array(colours))
 
+    @torch.no_grad()
+    def shape_after_other_colour_words(self, samples) -> float:
+        """Shape right, teacher-forced, with the sentence's colour word replaced by each other colour:
+        beside `evaluate`'s shape, whether the colour *word* before it, not the frames, decides the shape
+        (a decoder that learned colour-shape pairs as wholes names a held-out pair's shape only here)."""
+        model = self.loaded.model
+        model.eval()
+        right = []
+        for built, _ in samples:
+            inputs = to_inputs(built, torch.device("cpu"))
+            colour_at, shape_at = self.word_positions(built)
+            for colour_id in self.colour_ids:
+                if colour_id == built.tokens[colour_at]:
+                    continue
+                tokens = inputs["tokens"].clone()
+                tokens[colour_at] = colour_id
+                states = self.loss.hidden_states(tokens, inputs["positions"], inputs["pixel_values"],
+                                                 inputs["grid_thw"], inputs["video_slots"])
+                logits = model.get_output_embeddings()(states[shape_at - 1])
+                right.append(self.shape_ids[int(logits[self.shape_ids].argmax())] == built.tokens[shape_at])
+        model.train()
+        return float(np.mean(right))
+
 
 def hidden_probe(states: np.ndarray, classes: np.ndarray) -> float:
     """Held-out accuracy of a ridge least-squares read of `classes` from `states`."""
@@ -149,7 +176,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="narrator-random")
     parser.add_argument("--samples", type=int, default=300, help="training samples (one second each)")
     parser.add_argument("--test-samples", type=int, default=60)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=300, help="0: score --model as it is (a trained narrator)")
     parser.add_argument("--batch", type=int, default=16, help="samples averaged into one optimizer step")
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--vision-lr-scale", type=float, default=0.0,
@@ -172,14 +199,18 @@ def main(argv=None) -> int:
               f"shape {max(map(shapes.count, shapes)) / len(shapes):.2f}", flush=True)
     rng = np.random.default_rng(args.seed)
     start, recent = time.monotonic(), []
-    for step in range(1, args.steps + 1):
-        recent = (recent + [probe.step(rng)])[-args.eval_every:]
+    for step in range(0 if args.steps == 0 else 1, args.steps + 1):  # --steps 0: the model as it is
+        if step:
+            recent = (recent + [probe.step(rng)])[-args.eval_every:]
         if step % args.eval_every == 0 or step == args.steps:
             scores = []
             for name, samples in probe.tests.items():
                 colour, shape, hidden = probe.evaluate(samples)
                 scores.append(f"{name}: colour {colour:.2f} shape {shape:.2f} hidden {hidden:.2f}")
-            print(f"step {step:5d}  loss {np.mean(recent):.3f}  {'  '.join(scores)}  "
+                if step == args.steps:
+                    scores[-1] += f" shape-after-another-colour-word {probe.shape_after_other_colour_words(samples):.2f}"
+            loss = f"{np.mean(recent):.3f}" if recent else "-"
+            print(f"step {step:5d}  loss {loss}  {'  '.join(scores)}  "
                   f"{time.monotonic() - start:.0f} s", flush=True)
     return 0
 

@@ -126,8 +126,11 @@ class Scene:
         shape.speed = -shape.speed
         return Event("turns", shape.color, shape.kind, "right" if shape.speed > 0 else "left")
 
-    def frame(self, t: float, height: int, width: int) -> np.ndarray:
-        """The RGB frame at t seconds: each second's shapes, moved by their speed within it."""
+    def frame(self, t: float, height: int, width: int,
+              palette: Optional[Dict[str, Tuple[int, int, int]]] = None) -> np.ndarray:
+        """The RGB frame at t seconds: each second's shapes, moved by their speed within it.
+        `palette` draws the named colours in other RGB values (the narrator's vision stage shows
+        shapes in hues no sentence names)."""
         second = min(int(t), len(self.keyframes) - 1)
         fraction = t - second
         image = background(height, width)
@@ -135,7 +138,7 @@ class Scene:
         for shape in self.keyframes[second]:
             cx = int(np.clip(shape.x + shape.speed * fraction, 0.05, 0.95) * width)
             cy = int(shape.y * height)
-            color = COLORS[shape.color]
+            color = (palette or {}).get(shape.color, COLORS[shape.color])
             if shape.kind == "circle":
                 cv2.circle(image, (cx, cy), size // 2, color, -1)
             elif shape.kind == "square":
