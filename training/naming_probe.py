@@ -208,7 +208,8 @@ def main(argv=None) -> int:
                 colour, shape, hidden = probe.evaluate(samples)
                 scores.append(f"{name}: colour {colour:.2f} shape {shape:.2f} hidden {hidden:.2f}")
                 if step == args.steps:
-                    scores[-1] += f" shape-after-another-colour-word {probe.shape_after_other_colour_words(samples):.2f}"
+                    other = probe.shape_after_other_colour_words(samples)
+                    scores[-1] += f" shape-after-another-colour-word {other:.2f}"
             loss = f"{np.mean(recent):.3f}" if recent else "-"
             print(f"step {step:5d}  loss {loss}  {'  '.join(scores)}  "
                   f"{time.monotonic() - start:.0f} s", flush=True)
