@@ -1,6 +1,6 @@
 """`make narrator` (training/narrator.sh) end to end at a toy size: every step runs and hands the next
 what it expects (bags without the held-out pairs, the vision stage's model to both trainings, five
-scored replays), and a second run resumes with nothing left to do."""
+scored replays). About 3-4 minutes, most of it some twenty-five tool start-ups."""
 import json
 import os
 import subprocess
@@ -21,7 +21,7 @@ def run_loop(work: Path) -> str:
     return done.stdout
 
 
-def test_the_narrator_loop_runs_every_step_and_resumes(tmp_path):
+def test_the_narrator_loop_runs_every_step(tmp_path):
     work = tmp_path / "narrator"
     out = run_loop(work)
 
@@ -40,9 +40,3 @@ def test_the_narrator_loop_runs_every_step_and_resumes(tmp_path):
         summary = json.loads((work / f"replay_{run}" / "summary.json").read_text())
         assert summary["grounded"]["silence_agreement"] is not None
         assert f"| {run} |" in table
-
-    models = sorted(work.glob("*/model/model.safetensors"))
-    stamps = [p.stat().st_mtime_ns for p in models]
-    again = run_loop(work)
-    assert "step 1/" not in again and "| grounded |" in again
-    assert [p.stat().st_mtime_ns for p in models] == stamps  # nothing trained twice
