@@ -49,8 +49,6 @@ from training.train import write_processor_files
 
 log = logging.getLogger(__name__)
 RGB = Tuple[int, int, int]
-# Per second with a shape in view: shape, direction (0 still, 1 right, 2 left), R, G, B (0-1), x (0-1).
-LABELS = ("shape", "direction", "red", "green", "blue", "x")
 
 
 def random_hue(rng: np.random.Generator, min_distance: float) -> RGB:
@@ -67,7 +65,8 @@ def truth_seconds(loaded: LoadedModel, config: VisionStageConfig, seeds: Sequenc
                   pairs: Optional[Sequence[Pair]], pixels: int, hue_share: float, rng: np.random.Generator,
                   label: str) -> Tuple[List[VisionInput], np.ndarray]:
     """The seconds of one-shape scenes with a shape in view, through the engine's frame path, and
-    their truth (LABELS); a `hue_share` of them with the shape in a random unnamed hue."""
+    their truth, a row each: shape, direction (0 still, 1 right, 2 left), R, G, B (0-1), x (0-1);
+    a `hue_share` of them with the shape in a random unnamed hue."""
     inputs: List[VisionInput] = []
     truth: List[Tuple[float, ...]] = []
     for seed in progress(seeds, desc=label, unit="scene"):
