@@ -28,7 +28,7 @@ from svlm_ros.engine.session import vision_features
 from svlm_ros.progress import progress
 from svlm_ros.replay import grounded
 from svlm_ros.replay.synth import Pair, Scene, allowed_pairs, parse_pairs
-from training.naming_probe import CAMERA_HEIGHT, CAMERA_WIDTH
+from training.naming_probe import direction_class, second_frames
 READS = ("colour", "shape", "moving", "direction")
 
 
@@ -40,7 +40,7 @@ def scene_features(loaded: LoadedModel, seeds: Sequence[int], pairs: Optional[Se
     classes: List[Tuple[int, int, int, int]] = []
     for seed in progress(seeds, desc=label, unit="scene"):
         scene = Scene(seconds, seed, pairs=pairs, max_objects=1, shape_size=shape_size)
-        inputs = [preprocess_frames([scene.frame(s + f, CAMERA_HEIGHT, CAMERA_WIDTH) for f in (0.0, 0.5)],
+        inputs = [preprocess_frames(second_frames(scene, s),
                                     pixels, pixels, loaded.normalization) for s in range(seconds)]
         with torch.no_grad():
             features = vision_features(loaded, inputs)
@@ -49,9 +49,8 @@ def scene_features(loaded: LoadedModel, seeds: Sequence[int], pairs: Optional[Se
                 continue
             shape = shapes[0]
             rows.append(features[second].float().numpy().ravel())
-            direction = 0 if shape.speed == 0 else (1 if shape.speed > 0 else 2)
             classes.append((grounded.COLORS.index(shape.color), grounded.SHAPES.index(shape.kind),
-                            int(shape.speed != 0), direction))
+                            int(shape.speed != 0), direction_class(shape)))
     return np.stack(rows), np.array(classes)
 
 

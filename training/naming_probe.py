@@ -44,6 +44,16 @@ from training.train import WindowLoss, to_inputs
 CAMERA_HEIGHT, CAMERA_WIDTH = 112, 168  # the narrator's synthetic camera (narrator.sh)
 
 
+def second_frames(scene: Scene, second: int, palette=None) -> List[np.ndarray]:
+    """The camera's two frames of a second at the engine's 2 fps (its start and its middle)."""
+    return [scene.frame(second + f, CAMERA_HEIGHT, CAMERA_WIDTH, palette) for f in (0.0, 0.5)]
+
+
+def direction_class(shape) -> int:
+    """0 still, 1 moving right, 2 moving left."""
+    return 0 if shape.speed == 0 else (1 if shape.speed > 0 else 2)
+
+
 def appearing_second(seed: int, shape_size: int, pairs: Optional[Sequence[Pair]] = None) -> Scene:
     """The first scene from `seed` on whose first second one shape (of `pairs`, None: any) appears."""
     for candidate in range(seed * 1000, seed * 1000 + 1000):
@@ -58,7 +68,7 @@ def build_samples(builder: SequenceBuilder, seeds: range, shape_size: int,
     samples = []
     for seed in seeds:
         scene = appearing_second(seed, shape_size, pairs)
-        frames = [scene.frame(t, CAMERA_HEIGHT, CAMERA_WIDTH) for t in (0.0, 0.5)]
+        frames = second_frames(scene, 0)
         meta = {"previous_ids": [], "stream_start": True,
                 "seconds": [{"start_s": 0.0, "end_s": 1.0, "text": scene.texts[0]}]}
         samples.append((builder.build(meta, [frames]), scene.events[0]))
@@ -117,6 +127,12 @@ class Probe:
         self.optimizer.step()
         return loss.item()
 
+    def predictions(self, inputs, tokens: torch.Tensor, at: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The final hidden states of `tokens` (with the sample's frames), and the logits at `at`."""
+        states = self.loss.hidden_states(tokens, inputs["positions"], inputs["pixel_values"], inputs["grid_thw"],
+                                         inputs["video_slots"])
+        return states, self.loaded.model.get_output_embeddings()(states[at])
+
     @torch.no_grad()
     def evaluate(self, samples) -> Tuple[float, float, float]:
         model = self.loaded.model
@@ -126,9 +142,7 @@ class Probe:
         for built, event in samples:
             inputs = to_inputs(built, torch.device("cpu"))
             colour_at, shape_at = self.word_positions(built)
-            states = self.loss.hidden_states(inputs["tokens"], inputs["positions"], inputs["pixel_values"],
-                                             inputs["grid_thw"], inputs["video_slots"])
-            logits = model.get_output_embeddings()(states[[colour_at - 1, shape_at - 1]])
+            states, logits = self.predictions(inputs, inputs["tokens"], [colour_at - 1, shape_at - 1])
             colour_right += self.colour_ids[int(logits[0, self.colour_ids].argmax())] == built.tokens[colour_at]
             shape_right += self.shape_ids[int(logits[1, self.shape_ids].argmax())] == built.tokens[shape_at]
             hidden.append(states[colour_at - 1].numpy())
@@ -153,10 +167,8 @@ class Probe:
                     continue
                 tokens = inputs["tokens"].clone()
                 tokens[colour_at] = colour_id
-                states = self.loss.hidden_states(tokens, inputs["positions"], inputs["pixel_values"],
-                                                 inputs["grid_thw"], inputs["video_slots"])
-                logits = model.get_output_embeddings()(states[shape_at - 1])
-                right.append(self.shape_ids[int(logits[self.shape_ids].argmax())] == built.tokens[shape_at])
+                _, logits = self.predictions(inputs, tokens, [shape_at - 1])
+                right.append(self.shape_ids[int(logits[0, self.shape_ids].argmax())] == built.tokens[shape_at])
         model.train()
         return float(np.mean(right))
 

@@ -44,7 +44,7 @@ from svlm_ros.replay import grounded
 from svlm_ros.replay.synth import COLORS, Pair, Scene, allowed_pairs, parse_pairs
 from training import command
 from training.config import VisionStageConfig, as_dict, from_dict
-from training.naming_probe import CAMERA_HEIGHT, CAMERA_WIDTH
+from training.naming_probe import direction_class, second_frames
 from training.train import write_processor_files
 
 log = logging.getLogger(__name__)
@@ -78,11 +78,10 @@ def truth_seconds(loaded: LoadedModel, config: VisionStageConfig, seeds: Sequenc
             rgb = COLORS[shape.color]
             if rng.random() < hue_share:
                 rgb = random_hue(rng, config.min_hue_distance)
-            frames = [scene.frame(second + f, CAMERA_HEIGHT, CAMERA_WIDTH, palette={shape.color: rgb})
-                      for f in (0.0, 0.5)]
+            frames = second_frames(scene, second, palette={shape.color: rgb})
             inputs.append(preprocess_frames(frames, pixels, pixels, loaded.normalization))
-            direction = 0 if shape.speed == 0 else (1 if shape.speed > 0 else 2)
-            truth.append((grounded.SHAPES.index(shape.kind), direction, *(np.array(rgb) / 255.0), shape.x))
+            truth.append((grounded.SHAPES.index(shape.kind), direction_class(shape), *(np.array(rgb) / 255.0),
+                          shape.x))
     return inputs, np.array(truth, np.float32)
 
 
